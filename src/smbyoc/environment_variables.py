@@ -1,0 +1,265 @@
+"""Every environment variable smbyoc reads, declared once: name, type, default and meaning.
+
+Code reads variables only through these declarations (``SAGEMAKER_BIND_TO_PORT.get(environ)``), so an
+invalid value always produces an :class:`~smbyoc.errors.EnvVarError` naming the variable and the value.
+The README's table is generated from this registry (``smbyoc env-vars --markdown``) and a test keeps it
+in sync.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from smbyoc.errors import EnvVarError
+
+T = TypeVar("T")
+
+Scope = Literal["training", "serving", "both", "emulator"]
+SetBy = Literal["platform", "sdk", "user", "smbyoc"]
+
+
+class _ParseError(ValueError):
+    """Raised by parsers; turned into EnvVarError by :meth:`EnvVar.get`."""
+
+
+@dataclass(frozen=True)
+class EnvVar(Generic[T]):
+    """One declared environment variable."""
+
+    name: str
+    parse: Callable[[str], T]
+    default: T
+    help: str
+    scope: Scope
+    set_by: SetBy
+    type_name: str = "string"
+    default_text: str | None = None
+
+    def raw(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The raw value, or None when unset (an empty string counts as unset)."""
+        env = os.environ if environ is None else environ
+        value = env.get(self.name)
+        return value if value not in (None, "") else None
+
+    def is_set(self, environ: Mapping[str, str] | None = None) -> bool:
+        return self.raw(environ) is not None
+
+    def get(self, environ: Mapping[str, str] | None = None) -> T:
+        """The parsed value, or the default when unset; raises EnvVarError for a bad value."""
+        value = self.raw(environ)
+        if value is None:
+            return self.default
+        try:
+            return self.parse(value)
+        except (_ParseError, ValueError) as e:
+            raise EnvVarError(self.name, value, str(e) or f"expected {self.type_name}") from e
+
+
+REGISTRY: dict[str, EnvVar[object]] = {}
+
+
+def _declare(var: EnvVar[T]) -> EnvVar[T]:
+    if var.name in REGISTRY:  # pragma: no cover - programming error
+        raise RuntimeError(f"environment variable {var.name} declared twice")
+    REGISTRY[var.name] = var  # type: ignore[assignment]
+    return var
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+
+def parse_str(value: str) -> str:
+    return value
+
+
+def parse_optional_str(value: str) -> str | None:
+    return value
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise _ParseError("expected a boolean (true/false, 1/0, yes/no)")
+
+
+def int_parser(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise _ParseError("expected an integer") from None
+        if minimum is not None and number < minimum:
+            raise _ParseError(f"must be at least {minimum}")
+        if maximum is not None and number > maximum:
+            raise _ParseError(f"must be at most {maximum}")
+        return number
+
+    return parse
+
+
+def optional_int_parser(
+    minimum: int | None = None, maximum: int | None = None
+) -> Callable[[str], int | None]:
+    inner = int_parser(minimum, maximum)
+
+    def parse(value: str) -> int | None:
+        return inner(value)
+
+    return parse
+
+
+def float_parser(minimum: float | None = None) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _ParseError("expected a number") from None
+        if not math.isfinite(number):
+            raise _ParseError("expected a finite number")
+        if minimum is not None and number < minimum:
+            raise _ParseError(f"must be at least {minimum:g}")
+        return number
+
+    return parse
+
+
+def parse_port_range(value: str) -> tuple[int, int] | None:
+    """``"XXXX-YYYY"``, inclusive, as SageMaker sets SAGEMAKER_SAFE_PORT_RANGE (contract.md §6)."""
+    parts = value.strip().split("-")
+    if len(parts) != 2:
+        raise _ParseError("expected a port range LOW-HIGH, e.g. 9000-9999")
+    try:
+        low, high = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise _ParseError("expected a port range LOW-HIGH, e.g. 9000-9999") from None
+    if not (1 <= low <= high <= 65535):
+        raise _ParseError("ports must satisfy 1 <= LOW <= HIGH <= 65535")
+    return (low, high)
+
+
+def choice_parser(*choices: str, case_sensitive: bool = False) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        candidate = value.strip()
+        for choice in choices:
+            if candidate == choice or (not case_sensitive and candidate.lower() == choice.lower()):
+                return choice
+        raise _ParseError("expected one of " + ", ".join(choices))
+
+    return parse
+
+
+# ----------------------------------------------------------------------------------------- both sides
+
+SAGEMAKER_BASE_DIR = _declare(EnvVar(
+    "SAGEMAKER_BASE_DIR", parse_str, "/opt/ml",
+    "Root of the SageMaker directory tree; every path is derived from it (as in the SageMaker toolkits).",
+    "both", "user"))
+SAGEMAKER_PROGRAM = _declare(EnvVar[str | None](
+    "SAGEMAKER_PROGRAM", parse_optional_str, None,
+    "Training: the entry point (wins over the `sagemaker_program` hyperparameter). "
+    "Serving: the handler module (default `inference.py`).",
+    "both", "sdk", default_text="training: hyperparameter; serving: inference.py"))
+SAGEMAKER_SUBMIT_DIRECTORY = _declare(EnvVar[str | None](
+    "SAGEMAKER_SUBMIT_DIRECTORY", parse_optional_str, None,
+    "Serving: where the handler module lives (directory, `file://` URI, `.tar.gz` or `s3://` URI); "
+    "default `/opt/ml/model/code`. Training uses the `sagemaker_submit_directory` hyperparameter instead.",
+    "both", "sdk", default_text="/opt/ml/model/code"))
+SAGEMAKER_CONTAINER_LOG_LEVEL = _declare(EnvVar(
+    "SAGEMAKER_CONTAINER_LOG_LEVEL", int_parser(0, 50), 20,
+    "Python logging level of the runtime (10 debug, 20 info, 30 warning, ...).", "both", "sdk",
+    type_name="integer"))
+SAGEMAKER_REGION = _declare(EnvVar[str | None](
+    "SAGEMAKER_REGION", parse_optional_str, None,
+    "AWS region, used only to download `s3://` code with boto3.", "both", "sdk"))
+
+# ------------------------------------------------------------------------------------------- training
+
+TRAINING_JOB_NAME = _declare(EnvVar(
+    "TRAINING_JOB_NAME", parse_str, "",
+    "Name of the training job (set by SageMaker and by the emulator).", "training", "platform"))
+TRAINING_JOB_ARN = _declare(EnvVar(
+    "TRAINING_JOB_ARN", parse_str, "",
+    "ARN of the training job (set by SageMaker and by the emulator).", "training", "platform"))
+SAGEMAKER_TRAINING_MODULE = _declare(EnvVar[str | None](
+    "SAGEMAKER_TRAINING_MODULE", parse_optional_str, None,
+    "`module:function` to call instead of running an entry point (framework images do this).",
+    "training", "user"))
+SM_STUDIO_LOCAL_MODE = _declare(EnvVar(
+    "SM_STUDIO_LOCAL_MODE", parse_bool, False,
+    "When true, skip waiting for the other hosts' names to resolve (as the training toolkit does).",
+    "training", "sdk", type_name="boolean"))
+SMBYOC_ALLOW_REQUIREMENTS_INSTALL = _declare(EnvVar(
+    "SMBYOC_ALLOW_REQUIREMENTS_INSTALL", parse_bool, True,
+    "Whether `train` may `pip install` a `requirements.txt` or package found with the user code. "
+    "Set false for network-isolated jobs: installing at start then fails with a clear error.",
+    "training", "user", type_name="boolean"))
+SMBYOC_HYPERPARAMETER_SCHEMA = _declare(EnvVar[str | None](
+    "SMBYOC_HYPERPARAMETER_SCHEMA", parse_optional_str, None,
+    "Path of a hyperparameter declaration (JSON) used to type and check hyperparameters; "
+    "default `hyperparameters.schema.json` next to the user code, when present.",
+    "training", "user"))
+SMBYOC_HOST_RESOLUTION_TIMEOUT = _declare(EnvVar(
+    "SMBYOC_HOST_RESOLUTION_TIMEOUT", float_parser(0), 900.0,
+    "Seconds to wait, in multi-host jobs, until every host name resolves (the toolkit waits 15 min).",
+    "training", "user", type_name="seconds"))
+SMBYOC_LAUNCHER = _declare(EnvVar(
+    "SMBYOC_LAUNCHER", choice_parser("process", "torchrun"), "process",
+    "How `train` starts a Python program: `process` (one process) or `torchrun` (one process per GPU, "
+    "or 1, per host, with rendezvous at the first host).",
+    "training", "user", type_name="process|torchrun"))
+SMBYOC_PIPE_WAIT_TIMEOUT = _declare(EnvVar(
+    "SMBYOC_PIPE_WAIT_TIMEOUT", float_parser(0), 600.0,
+    "Seconds a Pipe-mode reader waits for the next `<channel>_<epoch>` FIFO to appear.",
+    "training", "user", type_name="seconds"))
+
+# -------------------------------------------------------------------------------------------- serving
+
+SAGEMAKER_BIND_TO_PORT = _declare(EnvVar(
+    "SAGEMAKER_BIND_TO_PORT", int_parser(1, 65535), 8080,
+    "Port `serve` listens on (SageMaker sets it for inference pipelines).", "serving", "platform",
+    type_name="port"))
+SAGEMAKER_SAFE_PORT_RANGE = _declare(EnvVar[tuple[int, int] | None](
+    "SAGEMAKER_SAFE_PORT_RANGE", parse_port_range, None,
+    "`LOW-HIGH` ports a container may use for extra listeners (inference pipelines).",
+    "serving", "platform", type_name="port range"))
+SAGEMAKER_MODEL_SERVER_WORKERS = _declare(EnvVar[int | None](
+    "SAGEMAKER_MODEL_SERVER_WORKERS", optional_int_parser(1, 512), None,
+    "Number of gunicorn worker processes.", "serving", "sdk", type_name="integer",
+    default_text="CPU count"))
+SAGEMAKER_MODEL_SERVER_TIMEOUT = _declare(EnvVar(
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT", int_parser(1), 60,
+    "Seconds a request may take before the worker is stopped (nginx and gunicorn).",
+    "serving", "sdk", type_name="seconds"))
+SAGEMAKER_MAX_PAYLOAD_IN_MB = _declare(EnvVar(
+    "SAGEMAKER_MAX_PAYLOAD_IN_MB", int_parser(1, 100), 6,
+    "Largest request body accepted, in MiB; larger gets 413 from nginx.", "serving", "platform",
+    type_name="MiB"))
+SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT = _declare(EnvVar(
+    "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", parse_str, "application/json",
+    "Response content type used when a request has no Accept header or `*/*`.", "serving", "user"))
+SAGEMAKER_MULTI_MODEL = _declare(EnvVar(
+    "SAGEMAKER_MULTI_MODEL", parse_bool, False,
+    "Set to true by SageMaker for multi-model endpoints.", "serving", "platform", type_name="boolean"))
+SAGEMAKER_BATCH = _declare(EnvVar(
+    "SAGEMAKER_BATCH", parse_bool, False,
+    "Set to true by SageMaker for batch transform containers.", "serving", "platform",
+    type_name="boolean"))
+SAGEMAKER_BATCH_STRATEGY = _declare(EnvVar[str | None](
+    "SAGEMAKER_BATCH_STRATEGY", choice_parser("SINGLE_RECORD", "MULTI_RECORD"), None,
+    "Batch transform strategy chosen in CreateTransformJob; reported by `/execution-parameters`.",
+    "serving", "platform", type_name="SINGLE_RECORD|MULTI_RECORD"))
+SAGEMAKER_MAX_CONCURRENT_TRANSFORMS = _declare(EnvVar[int | None](
+    "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", optional_int_parser(1), None,
+    "Parallel requests in a batch transform; reported by `/execution-parameters`.",
+    "serving", "platform", type_name="integer"))
+SAGEMAKER_USE_NGINX = _declare(EnvVar(
+    "SAGEMAKER_USE_NGINX", parse_bool, True,
+    "When false, gunicorn binds the port itself with no nginx in front (as `serve --no-nginx`).",
+    "serving", "user", type_name="boolean"))
