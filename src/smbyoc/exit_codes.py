@@ -30,3 +30,6 @@ def from_signal(signum: int) -> int:
 def from_returncode(returncode: int) -> int:
     """Map a :class:`subprocess.Popen` return code (negative for signals) to an exit status."""
     return from_signal(-returncode) if returncode < 0 else returncode
+
+#: An emulated job was stopped (Ctrl-C / StopTrainingJob) before it finished (shell convention for SIGINT).
+STOPPED = 130

@@ -1,0 +1,5 @@
+"""``python -m smbyoc.cli``."""
+
+from smbyoc.cli import main
+
+main()

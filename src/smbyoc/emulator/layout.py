@@ -1,0 +1,107 @@
+"""Lay out a host's ``/opt/ml`` tree exactly as SageMaker would, under any directory.
+
+Used by both backends: the process backend points ``SAGEMAKER_BASE_DIR`` at the tree, the Docker backend
+mounts its parts at ``/opt/ml``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from smbyoc.emulator.job_spec import ChannelSpec, TrainingJobSpec
+from smbyoc.errors import ConfigError
+from smbyoc.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostTree:
+    """One host's tree; ``paths`` is the SageMaker layout rooted at ``root``."""
+
+    host: str
+    root: Path
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.root)
+
+
+def channel_files(source: Path) -> list[Path]:
+    """Every file of a channel source, sorted by key (relative path) as S3 lists them."""
+    if source.is_file():
+        return [source]
+    files = [p for p in source.rglob("*") if p.is_file() or (p.is_symlink() and p.exists())]
+    return sorted(files, key=lambda p: p.relative_to(source).as_posix())
+
+
+def shard(files: list[Path], host_index: int, host_count: int) -> list[Path]:
+    """``ShardedByS3Key``: host ``i`` (0-based) of ``n`` gets every ``n``-th object of the sorted keys."""
+    return files[host_index::host_count]
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".partial")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _copy_channel(channel: ChannelSpec, target: Path, host_index: int, host_count: int) -> int:
+    files = channel_files(channel.source)
+    if channel.distribution == "ShardedByS3Key":
+        files = shard(files, host_index, host_count)
+    target.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for file in files:
+        relative = Path(file.name) if channel.source.is_file() else file.relative_to(channel.source)
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, destination)
+        total += destination.stat().st_size
+    if channel.input_mode == "FastFile":
+        _make_read_only(target)
+    return total
+
+
+def _make_read_only(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def make_writable(root: Path) -> None:
+    """Undo :func:`_make_read_only` so the tree can be removed."""
+    if not root.exists():
+        return
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def lay_out_host(spec: TrainingJobSpec, host: str, root: Path, *, copy_channels: bool = True) -> HostTree:
+    """Create ``root`` as ``host``'s ``/opt/ml``: config files, channel data, empty output dirs."""
+    tree = HostTree(host, root)
+    paths = tree.paths
+    for directory in (paths.input_config_dir, paths.input_data_dir, paths.model_dir, paths.output_dir,
+                      paths.output_data_dir, paths.checkpoints_dir, paths.code_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    _write_json(paths.hyperparameters_file, dict(spec.hyperparameters))
+    _write_json(paths.resource_config_file, spec.resource_config(host))
+    _write_json(paths.input_data_config_file, spec.input_data_config())
+    if copy_channels:
+        hosts = spec.hosts
+        for channel in spec.channels:
+            if channel.input_mode == "Pipe":
+                raise ConfigError("Pipe input mode is only emulated in docker mode",
+                                  key=f"channel {channel.name!r}")
+            size = _copy_channel(channel, paths.channel_dir(channel.name), hosts.index(host), len(hosts))
+            log.debug("channel %s: %d bytes copied for %s", channel.name, size, host)
+    return tree

@@ -1,0 +1,106 @@
+"""Process mode: run the ``train`` program as a local subprocess with ``SAGEMAKER_BASE_DIR`` set.
+
+No Docker is needed, and a debugger or ``breakpoint()`` works because the program shares the terminal.
+One host only (several hosts need their own network names: use Docker mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from smbyoc import exit_codes
+from smbyoc.emulator.job_spec import TrainingJobSpec
+from smbyoc.emulator.layout import HostTree
+from smbyoc.emulator.result import HostOutcome
+from smbyoc.errors import ConfigError, UserCodeError
+
+log = logging.getLogger(__name__)
+
+#: Variables from the caller's environment that would leak another job's settings into this one.
+_LEAKY_PREFIXES = ("SM_", "SAGEMAKER_", "TRAINING_JOB_")
+
+
+def default_train_command() -> list[str]:
+    """smbyoc's own ``train`` runtime, in the current interpreter."""
+    return [sys.executable, "-m", "smbyoc.training"]
+
+
+def job_environment(
+    spec: TrainingJobSpec, tree: HostTree, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment the program sees: the caller's, minus SageMaker variables, plus the job's."""
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if not k.startswith(_LEAKY_PREFIXES)}
+    env.update(
+        {
+            "SAGEMAKER_BASE_DIR": str(tree.root),
+            "TRAINING_JOB_NAME": spec.job_name,
+            "TRAINING_JOB_ARN": spec.job_arn,
+        }
+    )
+    env.update(spec.environment)
+    return env
+
+
+@dataclass
+class ProcessBackend:
+    command: Sequence[str] = field(default_factory=default_train_command)
+    stop_timeout: float = 120.0
+    name: str = "process"
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+
+    def run(self, spec: TrainingJobSpec, trees: Sequence[HostTree]) -> list[HostOutcome]:
+        if len(trees) != 1:
+            raise ConfigError("process mode runs a single host; use docker mode for several",
+                              key=f"instance count {len(trees)}")
+        tree = trees[0]
+        argv = list(self.command)
+        log.info("running %s with SAGEMAKER_BASE_DIR=%s", " ".join(argv), tree.root)
+        try:
+            # A session of its own: Ctrl-C reaches the emulator, which stops the job as
+            # StopTrainingJob does (SIGTERM to the program) instead of interrupting it twice.
+            self._process = subprocess.Popen(argv, env=job_environment(spec, tree), start_new_session=True)
+        except FileNotFoundError as e:
+            raise UserCodeError(f"train command not found: {argv[0]}") from e
+        except PermissionError as e:
+            raise UserCodeError(f"train command is not executable: {argv[0]}") from e
+        if self._stopping.is_set():
+            self.stop()
+        returncode = self._wait()
+        return [HostOutcome(tree.host, exit_codes.from_returncode(returncode))]
+
+    def _wait(self) -> int:
+        assert self._process is not None
+        while True:
+            try:
+                return self._process.wait()
+            except KeyboardInterrupt:  # pragma: no cover - only without the signal handler
+                self.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        timer = threading.Timer(self.stop_timeout, self.kill)
+        timer.daemon = True
+        timer.start()
+
+    def kill(self) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        log.warning("killing the training process group (SIGKILL)")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
