@@ -22,6 +22,7 @@ from smbyoc.emulator.job_spec import (
     load_hyperparameters_argument,
 )
 from smbyoc.emulator.result import TrainingJobResult
+from smbyoc.emulator.training_job import TrainingBackend
 from smbyoc.errors import ConfigError
 
 
@@ -81,7 +82,7 @@ def echo_result(result: TrainingJobResult, as_json: bool) -> None:
 
 
 @click.command("local-train")
-@click.option("--mode", type=click.Choice(["process", "docker"]), default="process",
+@click.option("--mode", type=click.Choice(["docker", "process"]), default="docker",
               help="process: run `train` as a local process (no Docker; debuggers work); "
                    "docker: run the image as SageMaker does.")
 @click.option("--image", metavar="IMAGE", help="Training image (docker mode).")
@@ -116,6 +117,8 @@ def echo_result(result: TrainingJobResult, as_json: bool) -> None:
 @click.option("--region", default="us-east-1", help="Region used in the job ARN.")
 @click.option("--stop-timeout", type=click.FloatRange(min=0), default=120.0,
               help="Seconds between SIGTERM and SIGKILL when the job is stopped.")
+@click.option("--user", metavar="UID[:GID]",
+              help="Docker mode: run the container as this user instead of the image's (root, as SageMaker).")
 @click.option("--keep-tree", is_flag=True, help="Keep the job's /opt/ml tree for inspection.")
 @click.option("--json", "as_json", is_flag=True, help="Print a DescribeTrainingJob-shaped JSON result.")
 @library_errors
@@ -124,7 +127,7 @@ def local_train(
     train_command: str | None, channels: tuple[str, ...], content_types: tuple[str, ...],
     input_modes: tuple[str, ...], hyperparameters_json: str | None, hyperparameter_pairs: tuple[str, ...],
     json_encode_hyperparameters: bool, job_name: str | None, output_dir: Path, instance_type: str,
-    instance_count: int, env_pairs: tuple[str, ...], region: str, stop_timeout: float, keep_tree: bool,
+    instance_count: int, env_pairs: tuple[str, ...], region: str, stop_timeout: float, user: str | None, keep_tree: bool,
     as_json: bool,
 ) -> None:
     """Run a training job as SageMaker would and write its model.tar.gz and output.tar.gz.
@@ -134,17 +137,20 @@ def local_train(
 
     \b
     Examples:
-      smbyoc local-train --mode process
+      smbyoc local-train                      # default example in the default train image
+      smbyoc local-train --image my-algo:latest -c train=./data --instance-type ml.m5.large
       smbyoc local-train --mode process -e train.py -s ./src -c train=./data -H epochs=3
       smbyoc local-train --mode process --train-command ./train -c train=./data --job-name my-job
     """
-    from smbyoc.emulator.process_backend import ProcessBackend, default_train_command
     from smbyoc.emulator.training_job import run_training_job
 
     base_hps: dict[str, object] = load_hyperparameters_argument(hyperparameters_json) if hyperparameters_json else {}
     hp_pairs = parse_pairs(hyperparameter_pairs, "-H")
     channel_pairs = parse_pairs(channels, "--channel")
     use_default = entry_point is None and train_command is None and image is None
+    if train_command is not None and mode == "docker":
+        raise ConfigError("only for --mode process (in docker mode the image's `train` runs)",
+                          key="--train-command")
     if use_default:
         from smbyoc.examples import default_example
 
@@ -158,9 +164,13 @@ def local_train(
         source_dir = Path(".")
     hyperparameters = build_hyperparameters(base_hps, hp_pairs, json_encode=json_encode_hyperparameters)
     if entry_point is not None:
-        # The SDK always JSON-encodes its own script-mode keys.
+        # The SDK always JSON-encodes its own script-mode keys. In docker mode the code is mounted at
+        # /opt/ml/code (as SDK local mode does), in process mode the runtime copies it there.
+        submit = _submit_directory(source_dir)
+        if mode == "docker" and not submit.startswith("s3://"):
+            submit = "/opt/ml/code"
         hyperparameters[SDK_PROGRAM_KEY] = json.dumps(entry_point)
-        hyperparameters[SDK_SUBMIT_DIR_KEY] = json.dumps(_submit_directory(source_dir))
+        hyperparameters[SDK_SUBMIT_DIR_KEY] = json.dumps(submit)
     job_mode, per_channel_modes = _split_input_modes(input_modes)
     spec = TrainingJobSpec(
         job_name=job_name or default_job_name(
@@ -173,14 +183,7 @@ def local_train(
         environment=dict(parse_pairs(env_pairs, "--env")),
         region=region,
     ).validate()
-    if mode == "docker":
-        raise ConfigError("docker mode is not available in this build yet; use --mode process", key="--mode")
-    command = shlex.split(train_command) if train_command else default_train_command()
-    if train_command:
-        first = Path(command[0])
-        if first.parent != Path() and not first.exists():
-            raise ConfigError("no such file", key=f"--train-command {command[0]}")
-    backend = ProcessBackend(command=command, stop_timeout=stop_timeout)
+    backend = _backend(mode, image, train_command, source_dir if entry_point else None, stop_timeout, user)
     click.echo(f"Training job {spec.job_name} ({mode} mode, {spec.instance_count} x {spec.instance_type})",
                err=True)
     result = run_training_job(
@@ -192,6 +195,36 @@ def local_train(
         raise SystemExit(exit_codes.STOPPED)
     if not result.succeeded:
         raise SystemExit(result.exit_code or exit_codes.FAILURE)
+
+
+def _backend(
+    mode: str, image: str | None, train_command: str | None, code_dir: Path | None, stop_timeout: float,
+    user: str | None,
+) -> TrainingBackend:
+    if mode == "process":
+        from smbyoc.emulator.process_backend import ProcessBackend, default_train_command
+
+        if user is not None:
+            raise ConfigError("only for --mode docker", key="--user")
+        command = shlex.split(train_command) if train_command else default_train_command()
+        if train_command:
+            first = Path(command[0])
+            if first.parent != Path() and not first.exists():
+                raise ConfigError("no such file", key=f"--train-command {command[0]}")
+        return ProcessBackend(command=command, stop_timeout=stop_timeout)
+    from smbyoc.build.docker_client import get_client
+    from smbyoc.emulator.docker_training import DockerTrainingBackend
+
+    if user is not None and not all(part.isdigit() for part in user.split(":", 1)):
+        raise ConfigError("expected a numeric UID or UID:GID", key=f"--user {user}")
+    client = get_client()
+    if image is None:
+        from smbyoc.build.defaults import ensure_default_image
+
+        image = ensure_default_image(client, "train")
+    local_code = code_dir if code_dir is not None and not str(code_dir).startswith("s3://") else None
+    return DockerTrainingBackend(client=client, image=image, code_dir=local_code, stop_timeout=stop_timeout,
+                                 user=user)
 
 
 def _submit_directory(source_dir: Path | None) -> str:

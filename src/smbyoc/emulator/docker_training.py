@@ -1,0 +1,214 @@
+"""Docker mode for training: ``docker run IMAGE train`` per host, as SageMaker does.
+
+Per job: one bridge network; per host: a container whose hostname and network alias are the host name
+(``algo-1``...), with the host's ``/opt/ml`` parts bind-mounted (``input`` (FastFile channels
+read-only), ``model``, ``output``, ``checkpoints``, and ``code`` only when the user gave source code, so
+code baked into the image at ``/opt/ml/code`` stays visible), ``TRAINING_JOB_NAME``/``TRAINING_JOB_ARN``
+and the job's environment, and the CPU/memory of the instance type. Stopping is ``docker stop -t 120``
+(SIGTERM, then SIGKILL). Containers and the network are always removed, and files written inside the
+containers are given back to the invoking user.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smbyoc import exit_codes
+from smbyoc.build.docker_client import translate_docker_errors
+from smbyoc.emulator import containers
+from smbyoc.emulator.containers import LineSink
+from smbyoc.emulator.job_spec import TrainingJobSpec
+from smbyoc.emulator.layout import HostTree
+from smbyoc.emulator.result import HostOutcome
+
+log = logging.getLogger(__name__)
+
+CONTAINER_ML = "/opt/ml"
+
+
+def print_line(host: str, line: str) -> None:
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
+
+
+def prefixed_printer(hosts: int) -> LineSink:
+    if hosts == 1:
+        return print_line
+
+    def sink(host: str, line: str) -> None:
+        sys.stdout.write(f"[{host}] {line}\n")
+        sys.stdout.flush()
+
+    return sink
+
+
+def shm_size_for(memory_bytes: int | None) -> str:
+    """Docker's 64 MB /dev/shm breaks PyTorch data loaders; SageMaker hosts have far more. Half the
+    instance's memory, at most 8 GiB; 1 GiB when there is no limit."""
+    if memory_bytes is None:
+        return "1g"
+    return f"{min(memory_bytes // 2, 8 * 1024**3) // (1024 * 1024)}m"
+
+
+@dataclass
+class DockerTrainingBackend:
+    client: Any
+    image: str
+    code_dir: Path | None = None
+    stop_timeout: float = 120.0
+    user: str | None = None
+    sink: LineSink | None = None
+    owner: tuple[int, int] = field(default_factory=containers.invoking_owner)
+    chown_with_container: bool = False
+    name: str = "docker"
+    _containers: list[Any] = field(default_factory=list, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+
+    # -- container definition ------------------------------------------------------------------
+    def mounts(self, spec: TrainingJobSpec, tree: HostTree) -> dict[str, dict[str, str]]:
+        paths = tree.paths
+        volumes = {
+            str(paths.input_dir): {"bind": f"{CONTAINER_ML}/input", "mode": "rw"},
+            str(paths.model_dir): {"bind": f"{CONTAINER_ML}/model", "mode": "rw"},
+            str(paths.output_dir): {"bind": f"{CONTAINER_ML}/output", "mode": "rw"},
+            str(paths.checkpoints_dir): {"bind": f"{CONTAINER_ML}/checkpoints", "mode": "rw"},
+        }
+        for channel in spec.channels:
+            if channel.input_mode == "FastFile":
+                volumes[str(paths.channel_dir(channel.name))] = {
+                    "bind": f"{CONTAINER_ML}/input/data/{channel.name}", "mode": "ro"}
+        if self.code_dir is not None:
+            volumes[str(paths.code_dir)] = {"bind": f"{CONTAINER_ML}/code", "mode": "rw"}
+        return volumes
+
+    def container_args(self, spec: TrainingJobSpec, tree: HostTree, network: str, suffix: str) -> dict[str, Any]:
+        instance = spec.instance
+        environment = {"TRAINING_JOB_NAME": spec.job_name, "TRAINING_JOB_ARN": spec.job_arn,
+                       **spec.environment}
+        args: dict[str, Any] = {
+            "image": self.image,
+            "command": ["train"],
+            "name": f"{spec.job_name[:40]}-{tree.host}-{suffix}",
+            "hostname": tree.host,
+            "environment": environment,
+            "volumes": self.mounts(spec, tree),
+            "labels": containers.labels(spec.job_name, tree.host),
+            "network": network,
+            "networking_config": {network: self.client.api.create_endpoint_config(aliases=[tree.host])},
+            "shm_size": shm_size_for(instance.memory_bytes),
+            "detach": True,
+        }
+        if instance.vcpus is not None:
+            args["nano_cpus"] = int(instance.vcpus * 1e9)
+        if instance.memory_bytes is not None:
+            args["mem_limit"] = instance.memory_bytes
+        if self.user is not None:
+            args["user"] = self.user
+        return args
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, spec: TrainingJobSpec, trees: Sequence[HostTree]) -> list[HostOutcome]:
+        containers.require_image(self.client, self.image)
+        suffix = containers.unique_suffix()
+        if self.code_dir is not None:
+            for tree in trees:
+                shutil.rmtree(tree.paths.code_dir, ignore_errors=True)
+                shutil.copytree(self.code_dir, tree.paths.code_dir, symlinks=False)
+        if self.user is not None:
+            uid, _, gid = self.user.partition(":")
+            for tree in trees:
+                containers.chown_tree(self.client, self.image, tree.root, (int(uid), int(gid or uid)),
+                                      use_container=False)
+        network = None
+        try:
+            with translate_docker_errors(f"run training job {spec.job_name}"):
+                network = self.client.networks.create(
+                    f"smbyoc-{spec.job_name[:40]}-{suffix}", driver="bridge",
+                    labels=containers.labels(spec.job_name), check_duplicate=True)
+                for tree in trees:
+                    container = self.client.containers.create(
+                        **self.container_args(spec, tree, network.name, suffix))
+                    with self._lock:
+                        self._containers.append(container)
+                return self._start_and_wait(trees)
+        finally:
+            with self._lock:
+                created, self._containers = list(self._containers), []
+            for container in created:
+                containers.remove_quietly(container, container.name)
+            containers.remove_quietly(network, "job network")
+            for tree in trees:
+                if self.user is not None or self.owner != (0, 0) or self.chown_with_container:
+                    containers.chown_tree(self.client, self.image, tree.root, self.owner,
+                                          use_container=self.chown_with_container)
+
+    def _start_and_wait(self, trees: Sequence[HostTree]) -> list[HostOutcome]:
+        sink = self.sink or prefixed_printer(len(trees))
+        threads = []
+        for container, tree in zip(self._containers, trees, strict=True):
+            if self._stopping.is_set():
+                break
+            container.start()
+            threads.append(containers.stream_logs(container, tree.host, sink))
+        outcomes: dict[str, int] = {}
+        results: dict[str, int] = {}
+        waiters = []
+        for container, tree in zip(self._containers, trees, strict=True):
+            waiter = threading.Thread(target=self._wait_one, args=(container, tree.host, results), daemon=True)
+            waiter.start()
+            waiters.append(waiter)
+        for waiter in waiters:
+            while waiter.is_alive():
+                waiter.join(0.2)
+        for thread in threads:
+            thread.join(5)
+        for tree in trees:
+            outcomes[tree.host] = results.get(tree.host, exit_codes.INTERNAL)
+        return [HostOutcome(tree.host, outcomes[tree.host]) for tree in trees]
+
+    def _wait_one(self, container: Any, host: str, results: dict[str, int]) -> None:
+        try:
+            status = container.wait()
+            code = int(status.get("StatusCode", exit_codes.INTERNAL))
+        except Exception as e:
+            log.error("%s: lost track of the container: %s", host, e)
+            code = exit_codes.INTERNAL
+        results[host] = code
+        if code != 0 and not self._stopping.is_set():
+            others = [c for c in self._containers if c is not container]
+            if others:
+                log.error("%s failed with exit status %d: stopping the other hosts", host, code)
+                self._stop_containers(others)
+
+    def _stop_containers(self, targets: list[Any]) -> None:
+        def stop(container: Any) -> None:
+            try:
+                container.stop(timeout=int(self.stop_timeout))
+            except Exception as e:
+                log.debug("stop %s: %s", getattr(container, "name", "?"), e)
+
+        for container in targets:
+            threading.Thread(target=stop, args=(container,), daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            targets = list(self._containers)
+        self._stop_containers(targets)
+
+    def kill(self) -> None:
+        with self._lock:
+            targets = list(self._containers)
+        for container in targets:
+            try:
+                container.kill()
+            except Exception as e:
+                log.debug("kill %s: %s", getattr(container, "name", "?"), e)
