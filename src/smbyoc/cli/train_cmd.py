@@ -127,8 +127,8 @@ def local_train(
     train_command: str | None, channels: tuple[str, ...], content_types: tuple[str, ...],
     input_modes: tuple[str, ...], hyperparameters_json: str | None, hyperparameter_pairs: tuple[str, ...],
     json_encode_hyperparameters: bool, job_name: str | None, output_dir: Path, instance_type: str,
-    instance_count: int, env_pairs: tuple[str, ...], region: str, stop_timeout: float, user: str | None, keep_tree: bool,
-    as_json: bool,
+    instance_count: int, env_pairs: tuple[str, ...], region: str, stop_timeout: float, user: str | None,
+    keep_tree: bool, as_json: bool,
 ) -> None:
     """Run a training job as SageMaker would and write its model.tar.gz and output.tar.gz.
 

@@ -23,11 +23,11 @@ from smbyoc.emulator import artifacts, result
 from smbyoc.emulator.job_spec import TrainingJobSpec
 from smbyoc.emulator.layout import HostTree, lay_out_host, make_writable
 from smbyoc.emulator.result import HostOutcome, TrainingJobResult
+from smbyoc.training import failure
 
 log = logging.getLogger(__name__)
 
-#: SageMaker keeps the first 1024 characters of ``/opt/ml/output/failure`` as ``FailureReason``.
-FAILURE_REASON_LIMIT = 1024
+FAILURE_REASON_LIMIT = failure.FAILURE_REASON_LIMIT
 
 StatusCallback = Callable[[str, str], None]
 
@@ -47,13 +47,8 @@ class TrainingBackend(Protocol):
 
 
 def read_failure_reason(tree: HostTree) -> str | None:
-    """The first 1024 characters of the host's failure file, or None when it wrote none."""
-    path = tree.paths.failure_file
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return text[:FAILURE_REASON_LIMIT] if text.strip() else None
+    """The host's ``FailureReason`` (first 1024 characters of its failure file); None when empty or absent."""
+    return failure.read_failure_reason(tree.paths, FAILURE_REASON_LIMIT) or None
 
 
 @contextlib.contextmanager

@@ -1,0 +1,184 @@
+"""``smbyoc local-serve`` and ``smbyoc invoke``: run an endpoint as SageMaker would, and call it."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import click
+
+from smbyoc.cli import library_errors
+from smbyoc.cli.options import parse_pairs
+from smbyoc.emulator.endpoint import EndpointSpec
+from smbyoc.errors import ConfigError, ServingError
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@click.command("local-serve")
+@click.option("--mode", type=click.Choice(["docker", "process"]), default="docker",
+              help="docker: `docker run IMAGE serve`; process: run smbyoc's `serve` locally (needs nginx).")
+@click.option("--image", metavar="IMAGE", help="Serving image (docker mode; default: smbyoc's CPU serve image).")
+@click.option("--model-data", type=click.Path(path_type=Path), metavar="MODEL",
+              help="model.tar.gz or a directory, extracted to /opt/ml/model (default: the bundled example's "
+                   "model, trained first if needed).")
+@click.option("--port", type=int, default=8080, help="Host port (127.0.0.1 only unless --bind-address).")
+@click.option("--bind-address", default="127.0.0.1",
+              help="Host address to publish on; 0.0.0.0 exposes the endpoint to the network.")
+@click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Environment variable for the container (ContainerDefinition Environment). Repeatable.")
+@click.option("--startup-health-timeout", type=float, default=240.0,
+              help="Seconds /ping may take to answer 200 (ContainerStartupHealthCheckTimeoutInSeconds).")
+@click.option("--instance-type", default="local", help="ML instance type (CPU/memory limits in docker mode).")
+@click.option("--user", metavar="UID[:GID]", help="Docker mode: run the container as this user.")
+@click.option("--ready-file", type=click.Path(path_type=Path),
+              help="Write the endpoint URL to this file once /ping answers 200 (for scripts).")
+@library_errors
+def local_serve(
+    mode: str, image: str | None, model_data: Path | None, port: int, bind_address: str,
+    env_pairs: tuple[str, ...], startup_health_timeout: float, instance_type: str, user: str | None,
+    ready_file: Path | None,
+) -> None:
+    """Serve a model as a SageMaker endpoint until Ctrl-C (SIGTERM, then SIGKILL after 30 s).
+
+    \b
+    Examples:
+      smbyoc local-serve                                   # the bundled example's model
+      smbyoc local-serve --image my-algo:latest --model-data model.tar.gz --port 8081
+      smbyoc local-serve --mode process --model-data ./model
+    """
+    from smbyoc.emulator.endpoint import DockerEndpoint, Endpoint, ProcessEndpoint
+
+    spec = EndpointSpec(model_data=model_data, port=port, bind_address=bind_address,
+                        environment=dict(parse_pairs(env_pairs, "--env")),
+                        startup_health_timeout=startup_health_timeout, instance_type=instance_type).validate()
+    if model_data is not None and not model_data.exists():
+        raise ConfigError("no such file or directory", key=f"--model-data {model_data}")
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    endpoint: Endpoint
+    try:
+        if mode == "process":
+            if image is not None or user is not None:
+                raise ConfigError("only for --mode docker", key="--image" if image else "--user")
+            if model_data is None:
+                from smbyoc.emulator.default_model import default_model
+
+                spec = _with_model(spec, default_model("process"))
+            endpoint = ProcessEndpoint(spec)
+        else:
+            from smbyoc.build.docker_client import get_client
+
+            client = get_client()
+            if image is None:
+                from smbyoc.build.defaults import ensure_default_image
+
+                image = ensure_default_image(client, "serve")
+                if model_data is None:
+                    from smbyoc.emulator.default_model import default_model
+
+                    train_image = ensure_default_image(client, "train")
+                    spec = _with_model(spec, default_model("docker", client, train_image))
+            elif model_data is None:
+                raise ConfigError("give the model for IMAGE with --model-data", key="--model-data")
+            endpoint = DockerEndpoint(spec, client, image, user=user)
+        click.echo(f"Starting endpoint ({mode} mode) for {spec.model_data}", err=True)
+        try:
+            seconds = endpoint.start()
+        except KeyboardInterrupt:
+            click.echo("Interrupted: endpoint stopped.", err=True)
+            raise SystemExit(130) from None
+        click.secho(f"Endpoint InService at {endpoint.url} ({seconds:.2f} s to the first 200 on /ping). "
+                    "Ctrl-C stops it.", fg="green", err=True)
+        if ready_file is not None:
+            ready_file.write_text(endpoint.url + "\n")
+        try:
+            while (reason := endpoint._exit_reason()) is None:
+                time.sleep(0.5)
+            tail = endpoint.tail.text().strip()
+            endpoint.close()
+            detail = f"\nlast log lines:\n{tail}" if tail else ""
+            raise ServingError(f"the endpoint stopped by itself: {reason}{detail}")
+        except KeyboardInterrupt:
+            click.echo("Stopping the endpoint (SIGTERM, then SIGKILL after 30 s)...", err=True)
+            endpoint.close()
+            click.echo("Endpoint stopped.", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
+
+
+def _with_model(spec: EndpointSpec, model: Path) -> EndpointSpec:
+    return replace(spec, model_data=model)
+
+
+@click.command("invoke")
+@click.argument("body", required=False)
+@click.option("-f", "--file", "body_file", type=click.File("rb"), help="Read the body from a file ('-': stdin).")
+@click.option("--url", default="http://127.0.0.1:8080", help="Endpoint URL (as printed by local-serve).")
+@click.option("--content-type", default="application/json", help="Content-Type of the request.")
+@click.option("--accept", help="Accept header (default: the container's default).")
+@click.option("--custom-attributes", help="X-Amzn-SageMaker-Custom-Attributes (≤1024 ASCII characters).")
+@click.option("--target-model", help="X-Amzn-SageMaker-Target-Model (multi-model endpoints).")
+@click.option("--inference-id", help="X-Amzn-SageMaker-Inference-Id.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, help="Seconds the model may take.")
+@click.option("--no-limits", is_flag=True, help="Do not enforce SageMaker's 6 MB payload limits.")
+@click.option("-i", "--include", is_flag=True, help="Print the status, Content-Type and custom attributes.")
+@click.option("-o", "--output", type=click.File("wb"), help="Write the response body here instead of stdout.")
+@library_errors
+def invoke(
+    body: str | None, body_file: IO[bytes] | None, url: str, content_type: str, accept: str | None,
+    custom_attributes: str | None, target_model: str | None, inference_id: str | None, timeout: float,
+    no_limits: bool, include: bool, output: IO[bytes] | None,
+) -> None:
+    """Call /invocations like InvokeEndpoint: 6 MB and 60 s limits, ModelError on a non-2xx answer.
+
+    \b
+    Examples:
+      smbyoc invoke '[[5.1, 3.5, 1.4, 0.2]]'
+      smbyoc invoke --content-type text/csv --accept text/csv '5.1,3.5,1.4,0.2'
+      smbyoc invoke -f batch.npy --content-type application/x-npy -o out.json
+    """
+    from smbyoc.emulator.runtime_client import InvokeError
+    from smbyoc.emulator.runtime_client import invoke as call
+
+    if body is not None and body_file is not None:
+        raise ConfigError("give the body as an argument or with --file, not both", key="BODY")
+    if body is not None:
+        data = body.encode("utf-8")
+    elif body_file is not None:
+        data = body_file.read()
+    elif not sys.stdin.isatty():
+        data = sys.stdin.buffer.read()
+    else:
+        raise ConfigError("give a body as an argument, with --file, or on standard input", key="BODY")
+    try:
+        response = call(url, data, content_type=content_type, accept=accept, custom_attributes=custom_attributes,
+                        target_model=target_model, inference_id=inference_id, enforce_limits=not no_limits,
+                        timeout=timeout)
+    except InvokeError as e:
+        if e.original_status is not None:
+            click.echo(f"OriginalStatusCode: {e.original_status}", err=True)
+        raise
+    if include:
+        click.echo(f"HTTP {response.status}  Content-Type: {response.content_type}  "
+                   f"({response.seconds * 1000:.1f} ms)", err=True)
+        if response.custom_attributes:
+            click.echo(f"X-Amzn-SageMaker-Custom-Attributes: {response.custom_attributes}", err=True)
+    if output is not None:
+        output.write(response.body)
+    else:
+        sys.stdout.buffer.write(response.body)
+        if not response.body.endswith(b"\n") and sys.stdout.isatty():
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+
+
+COMMANDS = [local_serve, invoke]

@@ -1,0 +1,324 @@
+"""Emulated real-time endpoints: ``serve`` as a local process or ``docker run IMAGE serve``.
+
+The model (``model.tar.gz`` or a directory) is safely extracted or copied into a temporary
+``/opt/ml/model`` (read-only in Docker), the server is started, and ``/ping`` is polled with SageMaker's
+rules (2 s per request, every 0.25 s, within the startup health check window, 240 s by default). The
+server's last log lines are kept so that a failure can say why. Stopping sends SIGTERM, then SIGKILL
+after 30 s, as SageMaker does for endpoints. Temporary trees and containers are always removed.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smbyoc.archives import is_tar_archive, safe_extract
+from smbyoc.emulator import containers
+from smbyoc.emulator.instance_types import lookup
+from smbyoc.emulator.runtime_client import wait_until_healthy
+from smbyoc.errors import ConfigError, ServingError
+
+log = logging.getLogger(__name__)
+
+#: SageMaker: SIGTERM, then SIGKILL 30 s later, for endpoint containers.
+ENDPOINT_STOP_TIMEOUT = 30.0
+#: SageMaker: the container must pass /ping within 4 minutes (ContainerStartupHealthCheckTimeoutInSeconds).
+DEFAULT_STARTUP_HEALTH_TIMEOUT = 240.0
+CONTAINER_PORT = 8080
+LOG_TAIL_LINES = 40
+
+LineSink = Callable[[str], None]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_model_dir(model_data: Path | None, target: Path) -> Path:
+    """Put the model at ``target``: a ``.tar.gz`` is extracted safely, a directory is copied."""
+    target.mkdir(parents=True, exist_ok=True)
+    if model_data is None:
+        return target
+    if not model_data.exists():
+        raise ConfigError("no such file or directory", key=f"--model-data {model_data}")
+    if model_data.is_dir():
+        shutil.copytree(model_data, target, dirs_exist_ok=True, symlinks=True)
+    elif is_tar_archive(model_data):
+        safe_extract(model_data, target)
+    else:
+        raise ConfigError("expected a model.tar.gz or a directory", key=f"--model-data {model_data}")
+    return target
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    model_data: Path | None
+    port: int = 8080
+    bind_address: str = "127.0.0.1"
+    environment: Mapping[str, str] = field(default_factory=dict)
+    startup_health_timeout: float = DEFAULT_STARTUP_HEALTH_TIMEOUT
+    instance_type: str = "local"
+    stop_timeout: float = ENDPOINT_STOP_TIMEOUT
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.bind_address in ("0.0.0.0", "") else self.bind_address
+        return f"http://{host}:{self.port}"
+
+    def validate(self) -> EndpointSpec:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError("expected 1-65535", key=f"--port {self.port}")
+        if self.startup_health_timeout <= 0:
+            raise ConfigError("must be positive", key=f"--startup-health-timeout {self.startup_health_timeout}")
+        lookup(self.instance_type)
+        return self
+
+
+class _Tail:
+    """The last lines a server printed, while passing them on live."""
+
+    def __init__(self, sink: LineSink | None) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.sink = sink
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        if self.sink is not None:
+            self.sink(line)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _print_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class Endpoint:
+    """Base: model preparation, health wait, cleanup. Use as a context manager."""
+
+    kind = "endpoint"
+
+    def __init__(self, spec: EndpointSpec, sink: LineSink | None = _print_line) -> None:
+        self.spec = spec.validate()
+        self.tail = _Tail(sink)
+        self.root = Path(tempfile.mkdtemp(prefix="smbyoc-endpoint-"))
+        self.model_dir = self.root / "model"
+        self.startup_seconds: float | None = None
+
+    # subclasses ------------------------------------------------------------------------------
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _exit_reason(self) -> str | None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def wait(self) -> int:
+        raise NotImplementedError
+
+    # shared ----------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    def start(self) -> float:
+        """Start the server and wait until /ping answers 200; the seconds from start to healthy."""
+        try:
+            prepare_model_dir(self.spec.model_data, self.model_dir)
+            self._start()
+            self.startup_seconds = wait_until_healthy(
+                self.url, self.spec.startup_health_timeout, interval=0.25, alive=self._exit_reason)
+        except BaseException as e:
+            reason = self._exit_reason()
+            self.close()
+            if isinstance(e, ServingError):
+                raise ServingError(self._explain(str(e), reason)) from e
+            raise
+        return self.startup_seconds
+
+    def _explain(self, message: str, reason: str | None) -> str:
+        parts = [message]
+        if reason and reason not in message:
+            parts.append(reason)
+        tail = self.tail.text().strip()
+        if tail:
+            parts.append("last log lines:\n" + tail)
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Endpoint:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ProcessEndpoint(Endpoint):
+    """``serve`` in a local process (needs nginx on PATH unless ``SAGEMAKER_USE_NGINX=false``)."""
+
+    kind = "process"
+
+    def __init__(self, spec: EndpointSpec, sink: LineSink | None = _print_line,
+                 command: list[str] | None = None) -> None:
+        super().__init__(spec, sink)
+        self.command = command or [sys.executable, "-m", "smbyoc.serving.main"]
+        self.process: subprocess.Popen[bytes] | None = None
+        self._pump: threading.Thread | None = None
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
+        env.update({"SAGEMAKER_BASE_DIR": str(self.root), "SAGEMAKER_BIND_TO_PORT": str(self.spec.port),
+                    "SMBYOC_SERVE_HOST": self.spec.bind_address, "PYTHONUNBUFFERED": "1"})
+        env.update(self.spec.environment)
+        return env
+
+    def _start(self) -> None:
+        self.process = subprocess.Popen(
+            self.command, env=self.environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        process = self.process
+
+        def pump() -> None:
+            assert process.stdout is not None
+            for raw in process.stdout:
+                self.tail(raw.decode("utf-8", "replace").rstrip("\n"))
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+
+    def _exit_reason(self) -> str | None:
+        if self.process is None or self.process.poll() is None:
+            return None
+        if self._pump is not None:
+            self._pump.join(2)
+        return f"serve exited with status {self.process.returncode}"
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(self.spec.stop_timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("serve did not stop within %g s: SIGKILL", self.spec.stop_timeout)
+            self.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def wait(self) -> int:
+        assert self.process is not None
+        return self.process.wait()
+
+
+class DockerEndpoint(Endpoint):
+    """``docker run IMAGE serve`` with the model read-only at /opt/ml/model, port published on 127.0.0.1."""
+
+    kind = "docker"
+
+    def __init__(self, spec: EndpointSpec, client: Any, image: str, sink: LineSink | None = _print_line,
+                 user: str | None = None) -> None:
+        super().__init__(spec, sink)
+        self.client = client
+        self.image = image
+        self.user = user
+        self.container: Any = None
+
+    def container_args(self) -> dict[str, Any]:
+        instance = lookup(self.spec.instance_type)
+        name = f"smbyoc-endpoint-{containers.unique_suffix()}"
+        args: dict[str, Any] = {
+            "image": self.image,
+            "command": ["serve"],
+            "name": name,
+            "environment": dict(self.spec.environment),
+            "volumes": {str(self.model_dir): {"bind": "/opt/ml/model", "mode": "ro"}},
+            "ports": {f"{CONTAINER_PORT}/tcp": (self.spec.bind_address, self.spec.port)},
+            "labels": containers.labels(name),
+            "detach": True,
+        }
+        if instance.vcpus is not None:
+            args["nano_cpus"] = int(instance.vcpus * 1e9)
+        if instance.memory_bytes is not None:
+            args["mem_limit"] = instance.memory_bytes
+        if self.user is not None:
+            args["user"] = self.user
+        return args
+
+    def _start(self) -> None:
+        from smbyoc.build.docker_client import translate_docker_errors
+
+        containers.require_image(self.client, self.image)
+        # The model directory must be readable by whatever user the image runs as.
+        for path in [self.root, *self.root.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
+        with translate_docker_errors(f"start endpoint container from {self.image}"):
+            self.container = self.client.containers.run(**self.container_args())
+        containers.stream_logs(self.container, "endpoint", lambda _host, line: self.tail(line))
+
+    def _exit_reason(self) -> str | None:
+        if self.container is None:
+            return None
+        try:
+            self.container.reload()
+        except Exception:
+            return "the container is gone"
+        if self.container.status in ("exited", "dead"):
+            code = self.container.attrs.get("State", {}).get("ExitCode")
+            return f"the container exited with status {code}"
+        return None
+
+    def stop(self) -> None:
+        container, self.container = self.container, None
+        if container is None:
+            return
+        try:
+            container.stop(timeout=int(self.spec.stop_timeout))
+        except Exception as e:
+            log.debug("stop endpoint container: %s", e)
+        containers.remove_quietly(container, container.name)
+
+    def kill(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.kill()
+            except Exception as e:
+                log.debug("kill endpoint container: %s", e)
+
+    def wait(self) -> int:
+        assert self.container is not None
+        return int(self.container.wait().get("StatusCode", 1))
