@@ -287,7 +287,8 @@ class DockerEndpoint(Endpoint):
             if not path.is_symlink():
                 path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
         with translate_docker_errors(f"start endpoint container from {self.image}"):
-            self.container = self.client.containers.run(**self.container_args())
+            self.container = self.client.containers.create(**self.container_args())
+            self.container.start()
         containers.stream_logs(self.container, "endpoint", lambda _host, line: self.tail(line))
 
     def _exit_reason(self) -> str | None:

@@ -1,0 +1,115 @@
+"""`smbyoc local-serve --mode process` with no model trains and serves the default example; `invoke` calls it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from smbyoc.emulator.endpoint import free_port
+
+pytestmark = pytest.mark.integration
+
+SMBYOC = [sys.executable, "-m", "smbyoc.cli"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    ready = tmp / "ready"
+    env = {**os.environ, "SMBYOC_CACHE_DIR": str(tmp / "cache")}
+    proc = subprocess.Popen(
+        [*SMBYOC, "local-serve", "--mode", "process", "--port", str(port), "--ready-file", str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp,
+    )
+    deadline = time.monotonic() + 180
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not ready.exists():
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"local-serve did not become ready:\n{out}\n{err}")
+    yield f"http://127.0.0.1:{port}", proc, tmp
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
+def invoke(url: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*SMBYOC, "invoke", "--url", url, *args], capture_output=True, input=stdin, timeout=60)
+
+
+ROW = "55.11,2.6644,314.36,1691.4,10.082,395.14,47.60,77.70"
+
+
+def test_default_model_was_trained_and_cached(served) -> None:
+    _, _, tmp = served
+    assert list((tmp / "cache" / "default-model").glob("*/model.tar.gz"))
+
+
+def test_json_prediction(served) -> None:
+    url, _, _ = served
+    result = invoke(url, "-i", json.dumps([[float(x) for x in ROW.split(",")]]))
+    assert result.returncode == 0, result.stderr
+    assert b"HTTP 200" in result.stderr
+    prediction = json.loads(result.stdout)
+    assert len(prediction) == 1
+
+
+def test_csv_prediction_from_stdin(served) -> None:
+    url, _, _ = served
+    result = invoke(url, "--content-type", "text/csv", "--accept", "text/csv", stdin=(ROW + "\n" + ROW).encode())
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.decode().strip().splitlines()) == 2
+
+
+def test_model_error_reports_original_status(served) -> None:
+    url, _, _ = served
+    result = invoke(url, "--content-type", "application/x-unknown", "abc")
+    assert result.returncode != 0
+    assert b"OriginalStatusCode: 415" in result.stderr
+    assert b"ModelError" in result.stderr
+
+
+def test_request_over_6_mb_is_refused_before_sending(served, tmp_path: Path) -> None:
+    url, _, _ = served
+    big = tmp_path / "big.json"
+    big.write_bytes(b"1" * (6 * 1024 * 1024 + 1))
+    result = invoke(url, "-f", str(big))
+    assert result.returncode != 0
+    assert b"ValidationError" in result.stderr
+
+
+def test_ctrl_c_stops_cleanly(served) -> None:
+    url, proc, _ = served
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Endpoint stopped." in err
+    from smbyoc.emulator.runtime_client import ping
+
+    assert ping(url)[0] == 0
+
+
+def test_bad_model_data_is_one_line(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.tar.gz"
+    bogus.write_text("not a tar")
+    proc = subprocess.run([*SMBYOC, "local-serve", "--mode", "process", "--model-data", str(bogus),
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "model.tar.gz" in errors[0], proc.stderr
+
+
+def test_missing_model_data(tmp_path: Path) -> None:
+    proc = subprocess.run([*SMBYOC, "local-serve", "--mode", "process", "--model-data", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "--model-data" in proc.stderr and "no such file" in proc.stderr
