@@ -195,6 +195,11 @@ SM_STUDIO_LOCAL_MODE = _declare(EnvVar(
     "SM_STUDIO_LOCAL_MODE", parse_bool, False,
     "When true, skip waiting for the other hosts' names to resolve (as the training toolkit does).",
     "training", "sdk", type_name="boolean"))
+SM_HP_MP_PARAMETERS = _declare(EnvVar[str | None](
+    "SM_HP_MP_PARAMETERS", parse_optional_str, None,
+    "Model-parallel parameters set by SageMaker; only reported (`is_modelparallel_enabled` in "
+    "`SM_TRAINING_ENV`), as the training toolkit does.",
+    "training", "platform"))
 SMBYOC_ALLOW_REQUIREMENTS_INSTALL = _declare(EnvVar(
     "SMBYOC_ALLOW_REQUIREMENTS_INSTALL", parse_bool, True,
     "Whether `train` may `pip install` a `requirements.txt` or package found with the user code. "
@@ -214,6 +219,14 @@ SMBYOC_LAUNCHER = _declare(EnvVar(
     "How `train` starts a Python program: `process` (one process) or `torchrun` (one process per GPU, "
     "or 1, per host, with rendezvous at the first host).",
     "training", "user", type_name="process|torchrun"))
+SMBYOC_MASTER_PORT = _declare(EnvVar(
+    "SMBYOC_MASTER_PORT", int_parser(1, 65535), 29500,
+    "Rendezvous port on the first host used by `SMBYOC_LAUNCHER=torchrun` (`MASTER_PORT`).",
+    "training", "user", type_name="port"))
+SMBYOC_NPROC_PER_NODE = _declare(EnvVar[int | None](
+    "SMBYOC_NPROC_PER_NODE", optional_int_parser(1, 1024), None,
+    "Processes per host started by `SMBYOC_LAUNCHER=torchrun`.", "training", "user",
+    type_name="integer", default_text="GPU count, else 1"))
 SMBYOC_PIPE_WAIT_TIMEOUT = _declare(EnvVar(
     "SMBYOC_PIPE_WAIT_TIMEOUT", float_parser(0), 600.0,
     "Seconds a Pipe-mode reader waits for the next `<channel>_<epoch>` FIFO to appear.",
@@ -263,3 +276,34 @@ SAGEMAKER_USE_NGINX = _declare(EnvVar(
     "SAGEMAKER_USE_NGINX", parse_bool, True,
     "When false, gunicorn binds the port itself with no nginx in front (as `serve --no-nginx`).",
     "serving", "user", type_name="boolean"))
+SMBYOC_GUNICORN_WORKER_CLASS = _declare(EnvVar(
+    "SMBYOC_GUNICORN_WORKER_CLASS", choice_parser("gthread", "sync"), "gthread",
+    "gunicorn worker class of `serve` (docs/serving.md explains the measured choice).",
+    "serving", "user", type_name="gthread|sync"))
+SMBYOC_GUNICORN_THREADS = _declare(EnvVar(
+    "SMBYOC_GUNICORN_THREADS", int_parser(1, 256), 4,
+    "Threads per gunicorn worker with the `gthread` worker class (a spare thread keeps `/ping` fast "
+    "while predictions run).", "serving", "user", type_name="integer"))
+SMBYOC_SERVE_RUNTIME_DIR = _declare(EnvVar[str | None](
+    "SMBYOC_SERVE_RUNTIME_DIR", parse_optional_str, None,
+    "Writable directory for nginx.conf, the pid file, nginx temp files and the gunicorn socket; "
+    "default a new temporary directory.", "serving", "user", default_text="a new temporary directory"))
+SMBYOC_ONNX_THREADS = _declare(EnvVar[int | None](
+    "SMBYOC_ONNX_THREADS", optional_int_parser(1, 1024), None,
+    "onnxruntime intra-op threads per worker for the default ONNX handler.", "serving", "user",
+    type_name="integer", default_text="CPU count / workers"))
+SMBYOC_SERVE_HOST = _declare(EnvVar(
+    "SMBYOC_SERVE_HOST", parse_str, "0.0.0.0",
+    "Address `serve` listens on (SageMaker needs all interfaces; tests use 127.0.0.1).",
+    "serving", "user", type_name="address"))
+
+# ---------------------------------------------------------------------------------- build (host side)
+
+DOCKER_HOST = _declare(EnvVar[str | None](
+    "DOCKER_HOST", parse_optional_str, None,
+    "Docker Engine address used by `smbyoc build` and the emulator (read by the docker SDK too).",
+    "emulator", "user", default_text="unix:///var/run/docker.sock"))
+SMBYOC_CACHE_DIR = _declare(EnvVar[str | None](
+    "SMBYOC_CACHE_DIR", parse_optional_str, None,
+    "Cache of resolved wheelhouses, smbyoc wheels and base root file systems.", "emulator", "user",
+    default_text="~/.cache/smbyoc"))

@@ -1,0 +1,237 @@
+"""Build smbyoc images through the Docker Engine API, with streamed progress.
+
+Public API::
+
+    build_image(kind, variant="cpu", tag=None, *, code_dir=None, base_image=None, requirements=None,
+                client=None, cache=None, progress=None, nocache=False) -> BuildResult
+    ensure_image(kind, variant="cpu", tag=None, *, client=None, base_image=None, progress=None) -> str
+    default_tag(kind, variant="cpu") -> "smbyoc/<kind>:<variant>"
+
+Checks run before anything slow, each failing with one line: the variant builds that kind; the
+variant's package repositories answer (Neuron); the base image is here or can be pulled; a foreign
+architecture (arm64 on x86_64) has a qemu binfmt_misc handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import smbyoc
+from smbyoc.build import context as build_context
+from smbyoc.build import repositories
+from smbyoc.build.docker_client import get_client, translate_docker_errors
+from smbyoc.build.variants import Variant, load_variant
+from smbyoc.errors import BuildError
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+_DOCKER_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+_ENGINE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    tag: str
+    image_id: str
+    size_bytes: int
+    seconds: float
+    variant: str
+    kind: str
+    base_image: str
+
+    @property
+    def size_mb(self) -> float:
+        return self.size_bytes / 1e6
+
+
+def default_tag(kind: str, variant: str = "cpu") -> str:
+    """The tag smbyoc gives an image it builds by default, e.g. ``smbyoc/serve:cpu``."""
+    return f"smbyoc/{kind}:{variant}"
+
+
+def _say(progress: Progress | None, line: str) -> None:
+    logger.info("%s", line)
+    if progress:
+        progress(line)
+
+
+def _local_image(client: Any, name: str) -> Any | None:
+    import docker.errors
+
+    try:
+        return client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _pull_error(client: Any, name: str) -> str | None:
+    """None when the registry knows ``name``, else the engine's reason."""
+    import docker.errors
+
+    try:
+        client.api.inspect_distribution(name)
+    except docker.errors.APIError as e:
+        reason = str(e.explanation or e)
+        match = re.search(r"(dial tcp[^\"]*|no such host|unauthorized[^\"]*|manifest unknown[^\"]*)", reason)
+        return match.group(1) if match else reason
+    return None
+
+
+def resolve_base_image(variant: Variant, kind: str, client: Any, explicit: str | None = None,
+                       progress: Progress | None = None) -> str:
+    """The base image to build on, checked to exist (locally or in a registry) and to fit the platform.
+
+    Order: ``explicit`` (``--base-image``); the variant's public default when present locally; the
+    variant's local base (``scripts/build-base-image``) when present; the public default when a registry
+    has it. Otherwise BuildError naming what is missing.
+    """
+    default = variant.base_image(kind)
+    candidates: list[str] = []
+    if explicit:
+        image = _local_image(client, explicit)
+        if image is None:
+            reason = _pull_error(client, explicit)
+            if reason is not None:
+                raise BuildError(f"--base-image {explicit} is not present locally and cannot be pulled ({reason})")
+            return explicit
+        _check_arch(variant, explicit, image)
+        return explicit
+    image = _local_image(client, default)
+    if image is not None:
+        _check_arch(variant, default, image)
+        return default
+    candidates.append(default)
+    if variant.local_base_image:
+        image = _local_image(client, variant.local_base_image)
+        if image is not None:
+            _check_arch(variant, variant.local_base_image, image)
+            _say(progress, f"base image: {variant.local_base_image} (local; the public default {default} "
+                           "is not present locally)")
+            return variant.local_base_image
+    reason = _pull_error(client, default)
+    if reason is None:
+        return default
+    hint = (f"run scripts/build-base-image{' --arch arm64' if variant.arch == 'aarch64' else ''} "
+            f"(makes {variant.local_base_image}) or pass --base-image" if variant.local_base_image
+            else "pass --base-image with a local image that has it")
+    raise BuildError(f"{variant.name}: base image {default} is not present locally and cannot be pulled "
+                     f"({reason}); {hint}")
+
+
+def _check_arch(variant: Variant, name: str, image: Any) -> None:
+    arch = image.attrs.get("Architecture")
+    want = _DOCKER_ARCH[variant.arch]
+    if arch and arch != want:
+        raise BuildError(f"{variant.name}: base image {name} is {arch}, the variant needs {want}")
+
+
+def check_platform(variant: Variant, client: Any) -> None:
+    """An image for another architecture needs the engine's kernel to run its binaries (qemu binfmt)."""
+    engine_arch = _ENGINE_ARCH.get(str(client.info().get("Architecture")), "")
+    if engine_arch == variant.arch:
+        return
+    handler = BINFMT_DIR / f"qemu-{variant.arch}"
+    try:
+        enabled = handler.read_text().splitlines()[0].strip() == "enabled"
+    except (OSError, IndexError):
+        enabled = False
+    if not enabled:
+        raise BuildError(f"{variant.name}: building {variant.platform} images on this {engine_arch} engine "
+                         f"needs qemu user emulation, and {handler} is missing or disabled; "
+                         "install it with: apt-get install qemu-user-static binfmt-support")
+
+
+def preflight(variant: Variant, kind: str, client: Any, base_image: str | None = None,
+              progress: Progress | None = None) -> str:
+    """Every early check; returns the base image to use."""
+    variant.check_kind(kind)
+    for url in variant.pip_extra_index_urls:
+        repositories.check_reachable(url, f"{variant.name}: the package repository")
+    if variant.apt_repository is not None:
+        repositories.check_reachable(variant.apt_repository.url, f"{variant.name}: the apt repository")
+    with translate_docker_errors(f"checking the base image of {variant.name}/{kind}"):
+        base = resolve_base_image(variant, kind, client, base_image, progress)
+        check_platform(variant, client)
+    return base
+
+
+def build_image(kind: str, variant: str | Variant = "cpu", tag: str | None = None, *,
+                code_dir: Path | None = None, base_image: str | None = None,
+                requirements: Path | None = None, client: Any | None = None, cache: Path | None = None,
+                progress: Progress | None = None, nocache: bool = False) -> BuildResult:
+    """Build the ``kind`` image of ``variant`` and tag it (default :func:`default_tag`)."""
+    started = time.monotonic()
+    var = variant if isinstance(variant, Variant) else load_variant(variant)
+    tag = tag or default_tag(kind, var.name)
+    spec = build_context.ContextSpec(var, kind, code_dir=code_dir, requirements=requirements)
+    spec.validate()
+    if var.discontinued:
+        logger.warning("%s: %s", var.name, var.discontinued)
+        if progress:
+            progress(f"WARNING: {var.discontinued}")
+    client = client or get_client()
+    base = preflight(var, kind, client, base_image, progress)
+    _say(progress, f"building {tag} ({var.name}/{kind}, {var.platform}) on {base}")
+    buildargs = {"BASE_IMAGE": base}
+    if var.dockerfile(kind).name == "Dockerfile.neuron":
+        buildargs |= {"KIND": kind, "MULTI_MODELS": "true" if kind == "serve" else "false"}
+    labels = {"org.smbyoc.variant": var.name, "org.smbyoc.kind": kind,
+              "org.smbyoc.version": smbyoc.__version__, "org.smbyoc.base-image": base}
+    with tempfile.TemporaryDirectory(prefix="smbyoc-build.") as tmp:
+        ctx = build_context.assemble(spec, Path(tmp) / "context", cache=cache, progress=progress)
+        image_id = _stream_build(client, ctx.path, tag, buildargs, labels, var, nocache, progress)
+    with translate_docker_errors(f"inspecting {tag}"):
+        image = client.images.get(tag)
+    result = BuildResult(tag=tag, image_id=image.id or image_id, size_bytes=int(image.attrs.get("Size", 0)),
+                         seconds=time.monotonic() - started, variant=var.name, kind=kind, base_image=base)
+    _say(progress, f"built {tag}: {result.image_id} ({result.size_mb:.0f} MB) in {result.seconds:.1f}s")
+    return result
+
+
+def _stream_build(client: Any, path: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str],
+                  variant: Variant, nocache: bool, progress: Progress | None) -> str:
+    image_id = ""
+    tail: list[str] = []
+    kwargs: dict[str, Any] = {}
+    if _ENGINE_ARCH.get(str(client.info().get("Architecture"))) != variant.arch:
+        kwargs["platform"] = variant.platform
+    with translate_docker_errors(f"building {tag}"):
+        stream = client.api.build(path=str(path), dockerfile="Dockerfile", tag=tag, rm=True, forcerm=True,
+                                  decode=True, buildargs=buildargs, labels=labels, nocache=nocache,
+                                  pull=False, **kwargs)
+        for chunk in stream:
+            if "error" in chunk or "errorDetail" in chunk:
+                message = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error", "")
+                smbyoc_lines = [t for t in tail if t.startswith("smbyoc: error:")]
+                detail = smbyoc_lines[-1].removeprefix("smbyoc: error: ") if smbyoc_lines else str(message).strip()
+                raise BuildError(f"building {tag} failed: {detail}")
+            if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                image_id = str(chunk["aux"]["ID"])
+            for raw in str(chunk.get("stream", "")).splitlines():
+                line = raw.rstrip()
+                if line:
+                    tail = [*tail[-30:], line]
+                    if progress:
+                        progress(line)
+    return image_id
+
+
+def ensure_image(kind: str, variant: str = "cpu", tag: str | None = None, *, client: Any | None = None,
+                 base_image: str | None = None, progress: Progress | None = None) -> str:
+    """The tag of the default ``kind`` image of ``variant``, building it first when it is absent."""
+    tag = tag or default_tag(kind, variant)
+    client = client or get_client()
+    with translate_docker_errors(f"looking up {tag}"):
+        if _local_image(client, tag) is not None:
+            return tag
+    build_image(kind, variant, tag, client=client, base_image=base_image, progress=progress)
+    return tag

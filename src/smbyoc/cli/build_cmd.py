@@ -1,0 +1,49 @@
+"""``smbyoc build``: build a SageMaker training or serving image (see :mod:`smbyoc.build.builder`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from smbyoc.build.variants import VARIANT_NAMES
+from smbyoc.cli import library_errors
+
+
+@click.command("build")
+@click.option("--kind", type=click.Choice(["train", "serve"]), required=True,
+              help="Training image (`train`) or inference image (`serve`).")
+@click.option("--variant", type=click.Choice(VARIANT_NAMES), default="cpu",
+              help="Image variant (images/<variant>/): cpu, cuda, arm64 (Graviton/Neo), ei (migration "
+                   "path off Elastic Inference), neuron (Trainium/Inferentia2).")
+@click.option("--tag", "-t", default=None, help="Image tag.  [default: smbyoc/<kind>:<variant>]")
+@click.option("--context", "code_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Your code directory, baked into the image at /opt/ml/code.")
+@click.option("--base-image", default=None,
+              help="Base image to build on (must have python3 with venv; nginx for serve). "
+                   "[default: the variant's public base, or the local smbyoc/base:bookworm]")
+@click.option("--requirements", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Extra Python requirements, resolved on this machine into the image's wheelhouse. "
+                   "[default: <context>/requirements.txt when present]")
+@click.option("--no-cache", is_flag=True, help="Do not use the Docker layer cache.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the result, not the build steps.")
+@library_errors
+def build(kind: str, variant: str, tag: str | None, code_dir: Path | None, base_image: str | None,
+          requirements: Path | None, no_cache: bool, quiet: bool) -> None:
+    """Build a SageMaker image: resolve Python packages on this machine into a wheelhouse, build
+    through the Docker Engine (no network inside the build), print the image id and size.
+
+    \b
+    Example:
+      smbyoc build --kind serve --variant cpu --tag my-model:serve --context ./code
+      smbyoc build --kind train --base-image smbyoc/base:bookworm   # air-gapped (scripts/build-base-image)
+    """
+    from smbyoc.build.builder import build_image
+
+    result = build_image(kind, variant, tag, code_dir=code_dir, base_image=base_image,
+                         requirements=requirements, nocache=no_cache,
+                         progress=None if quiet else (lambda line: click.echo(line, err=True)))
+    click.echo(f"{result.tag} {result.image_id} {result.size_mb:.0f} MB")
+
+
+COMMANDS = [build]
