@@ -277,9 +277,9 @@ SAGEMAKER_USE_NGINX = _declare(EnvVar(
     "When false, gunicorn binds the port itself with no nginx in front (as `serve --no-nginx`).",
     "serving", "user", type_name="boolean"))
 SMBYOC_GUNICORN_WORKER_CLASS = _declare(EnvVar(
-    "SMBYOC_GUNICORN_WORKER_CLASS", choice_parser("gthread", "sync"), "gthread",
+    "SMBYOC_GUNICORN_WORKER_CLASS", choice_parser("sync", "gthread"), "sync",
     "gunicorn worker class of `serve` (docs/serving.md explains the measured choice).",
-    "serving", "user", type_name="gthread|sync"))
+    "serving", "user", type_name="sync|gthread"))
 SMBYOC_GUNICORN_THREADS = _declare(EnvVar(
     "SMBYOC_GUNICORN_THREADS", int_parser(1, 256), 4,
     "Threads per gunicorn worker with the `gthread` worker class (a spare thread keeps `/ping` fast "
@@ -307,3 +307,8 @@ SMBYOC_CACHE_DIR = _declare(EnvVar[str | None](
     "SMBYOC_CACHE_DIR", parse_optional_str, None,
     "Cache of resolved wheelhouses, smbyoc wheels and base root file systems.", "emulator", "user",
     default_text="~/.cache/smbyoc"))
+SMBYOC_NPY_ALLOW_PICKLE = _declare(EnvVar(
+    "SMBYOC_NPY_ALLOW_PICKLE", parse_bool, False,
+    "Let the default `application/x-npy` decoder unpickle object arrays, as sagemaker-inference does. "
+    "Off by default: unpickling a request body runs code chosen by whoever can invoke the endpoint.",
+    "serving", "user", type_name="boolean"))

@@ -60,14 +60,18 @@ def test_json_prediction(served) -> None:
     assert result.returncode == 0, result.stderr
     assert b"HTTP 200" in result.stderr
     prediction = json.loads(result.stdout)
-    assert len(prediction) == 1
+    (only,) = prediction["predictions"]
+    assert only["label"] in only["probabilities"]
+    assert abs(sum(only["probabilities"].values()) - 1) < 1e-4
 
 
 def test_csv_prediction_from_stdin(served) -> None:
     url, _, _ = served
     result = invoke(url, "--content-type", "text/csv", "--accept", "text/csv", stdin=(ROW + "\n" + ROW).encode())
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.decode().strip().splitlines()) == 2
+    lines = result.stdout.decode().strip().splitlines()
+    assert len(lines) == 2
+    assert all(len(line.split(",")) == 5 for line in lines)
 
 
 def test_model_error_reports_original_status(served) -> None:

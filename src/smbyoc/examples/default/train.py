@@ -12,6 +12,10 @@ training container that has PyTorch (and ``onnx`` for the ONNX export); it does 
 * checkpoints: ``SM_CHECKPOINT_DIR``, else ``<base>/checkpoints`` (CheckpointConfig's default LocalPath).
   A run resumes from the newest checkpoint there; SIGTERM (StopTrainingJob, spot interruption) ends the
   current epoch, saves a checkpoint and the model so far, and exits 0;
+* several hosts: started by torchrun (``WORLD_SIZE`` > 1, e.g. smbyoc's ``SMBYOC_LAUNCHER=torchrun``),
+  the model is wrapped in ``DistributedDataParallel`` over the ``gloo`` backend; every rank takes its
+  share of each batch (so the averaged gradient is the one-host gradient) and only rank 0 writes
+  checkpoints and the model;
 * outputs: ``model.pt`` (TorchScript), ``model.onnx`` and ``model.json`` in ``SM_MODEL_DIR`` (else
   ``<base>/model``); ``metrics.json`` in ``SM_OUTPUT_DATA_DIR`` (else ``<base>/output/data``).
 
@@ -29,6 +33,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import warnings
@@ -373,6 +378,19 @@ def to_tensors(table: Table, class_names: list[str], channel: str) -> tuple[torc
     return x, y
 
 
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world_size)``; joins the torchrun process group (gloo, env://) when there are several."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    LOG.info("distributed training: rank %d of %d (gloo)", dist.get_rank(), world)
+    return dist.get_rank(), world
+
+
 def train(hp: dict[str, Any], where: Locations, stop: StopFlag) -> dict[str, Any]:
     train_table = read_channel(where.train_dir, hp["label-column"], "train")
     if where.validation_dir is not None:
@@ -399,6 +417,7 @@ def train(hp: dict[str, Any], where: Locations, stop: StopFlag) -> dict[str, Any
         class_names,
     )
 
+    rank, world = distributed_rank()
     torch.manual_seed(hp["seed"])
     mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)
     model = Classifier(len(feature_names), hp["hidden-units"], len(class_names), mean, std)
@@ -424,7 +443,14 @@ def train(hp: dict[str, Any], where: Locations, stop: StopFlag) -> dict[str, Any
         if start >= hp["epochs"]:
             LOG.warning("the checkpoint already has %d epochs (epochs=%d): nothing to train", start, hp["epochs"])
 
+    # Every rank starts from the same weights (same seed; DDP also broadcasts rank 0's at wrap time).
+    step_model: nn.Module = model
+    if world > 1:
+        step_model = nn.parallel.DistributedDataParallel(model)
+
     def checkpoint(epoch: int) -> None:
+        if rank != 0:
+            return
         saved = save_checkpoint(
             where.checkpoint_dir,
             {
@@ -447,8 +473,18 @@ def train(hp: dict[str, Any], where: Locations, stop: StopFlag) -> dict[str, Any
         model.train()
         for first in range(0, n_rows, batch_size):
             rows = order[first : first + batch_size]
+            if world > 1:
+                # This rank's share of the batch; DDP averages the gradients over the ranks. Ranks whose
+                # share is empty (a last batch smaller than the world) repeat row 0 with zero weight.
+                mine = rows[rank::world]
+                weight = 1.0 if len(mine) else 0.0
+                mine = mine if len(mine) else rows[:1]
+                scale = weight * len(mine) * world / len(rows)
+            else:
+                mine, scale = rows, 1.0
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x_train[rows]), y_train[rows]).backward()  # type: ignore[no-untyped-call]
+            loss = nn.functional.cross_entropy(step_model(x_train[mine]), y_train[mine]) * scale
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         train_loss, train_accuracy = evaluate(model, x_train, y_train)
         val_loss, val_accuracy = evaluate(model, x_val, y_val)
@@ -473,8 +509,10 @@ def train(hp: dict[str, Any], where: Locations, stop: StopFlag) -> dict[str, Any
             break
 
     epochs_completed = max(epoch, start)
-    export_model(model, len(feature_names), where.model_dir)
     final = history[-1] if history else {}
+    if rank != 0:  # one copy of the model: rank 0 writes it (no name clashes between hosts)
+        return final
+    export_model(model, len(feature_names), where.model_dir)
     write_json(
         where.model_dir / "model.json",
         {
@@ -494,7 +532,8 @@ def train(hp: dict[str, Any], where: Locations, stop: StopFlag) -> dict[str, Any
         },
     )
     write_json(where.output_data_dir / "metrics.json", {"final": final, "history": history})
-    LOG.info("wrote model.pt, model.onnx and model.json to %s", where.model_dir)
+    package_inference_code(where.model_dir)
+    LOG.info("wrote model.pt, model.onnx, model.json and code/inference.py to %s", where.model_dir)
     return final
 
 
@@ -506,6 +545,16 @@ def write_failure(output_dir: Path, message: str) -> None:
             handle.write(message + "\n")
     except OSError:
         pass
+
+
+def package_inference_code(model_dir: Path) -> None:
+    """Ship the handler inside the model (``code/inference.py``), as SageMaker's script-mode models do,
+    so that ``model.tar.gz`` serves on its own."""
+    handler = Path(__file__).resolve().parent / "inference.py"
+    if handler.is_file():
+        target = model_dir / "code" / "inference.py"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(handler, target)
 
 
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:

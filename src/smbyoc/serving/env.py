@@ -1,0 +1,118 @@
+"""The serving environment, read once from the process environment (contract.md §3.5, §4, §6)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from smbyoc import environment_variables as ev
+from smbyoc.errors import ConfigError
+from smbyoc.paths import Paths
+
+DEFAULT_PROGRAM = "inference.py"
+MIB = 1024 * 1024
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (affinity-aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ServingEnv:
+    """Everything ``serve`` needs to know, as plain values."""
+
+    port: int = 8080
+    host: str = "0.0.0.0"
+    safe_port_range: tuple[int, int] | None = None
+    workers: int = 1
+    timeout: int = 60
+    max_payload_mb: int = 6
+    default_accept: str = "application/json"
+    program: str = DEFAULT_PROGRAM
+    submit_dir: Path = Path("/opt/ml/model/code")
+    model_dir: Path = Path("/opt/ml/model")
+    base_dir: Path = Path("/opt/ml")
+    multi_model: bool = False
+    batch: bool = False
+    batch_strategy: str | None = None
+    max_concurrent_transforms: int | None = None
+    use_nginx: bool = True
+    log_level: int = 20
+    worker_class: str = "sync"
+    threads: int = 4
+    runtime_dir: Path | None = None
+    onnx_threads: int | None = None
+    npy_allow_pickle: bool = False
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, base_dir: str | Path | None = None
+    ) -> ServingEnv:
+        env = os.environ if environ is None else environ
+        paths = Paths.from_env(env, base_dir)
+        multi_model = ev.SAGEMAKER_MULTI_MODEL.get(env)
+        model_dir = paths.multi_model_dir if multi_model else paths.model_dir
+        runtime_dir = ev.SMBYOC_SERVE_RUNTIME_DIR.get(env)
+        return cls(
+            port=ev.SAGEMAKER_BIND_TO_PORT.get(env),
+            host=ev.SMBYOC_SERVE_HOST.get(env),
+            safe_port_range=ev.SAGEMAKER_SAFE_PORT_RANGE.get(env),
+            workers=ev.SAGEMAKER_MODEL_SERVER_WORKERS.get(env) or cpu_count(),
+            timeout=ev.SAGEMAKER_MODEL_SERVER_TIMEOUT.get(env),
+            max_payload_mb=ev.SAGEMAKER_MAX_PAYLOAD_IN_MB.get(env),
+            default_accept=ev.SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT.get(env).strip(),
+            program=ev.SAGEMAKER_PROGRAM.get(env) or DEFAULT_PROGRAM,
+            submit_dir=resolve_submit_dir(ev.SAGEMAKER_SUBMIT_DIRECTORY.get(env), paths.model_code_dir),
+            model_dir=model_dir,
+            base_dir=paths.base_dir,
+            multi_model=multi_model,
+            batch=ev.SAGEMAKER_BATCH.get(env),
+            batch_strategy=ev.SAGEMAKER_BATCH_STRATEGY.get(env),
+            max_concurrent_transforms=ev.SAGEMAKER_MAX_CONCURRENT_TRANSFORMS.get(env),
+            use_nginx=ev.SAGEMAKER_USE_NGINX.get(env),
+            log_level=ev.SAGEMAKER_CONTAINER_LOG_LEVEL.get(env),
+            worker_class=ev.SMBYOC_GUNICORN_WORKER_CLASS.get(env),
+            threads=ev.SMBYOC_GUNICORN_THREADS.get(env),
+            runtime_dir=Path(runtime_dir) if runtime_dir else None,
+            onnx_threads=ev.SMBYOC_ONNX_THREADS.get(env),
+            npy_allow_pickle=ev.SMBYOC_NPY_ALLOW_PICKLE.get(env),
+        )
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.max_payload_mb * MIB
+
+    @property
+    def module_name(self) -> str:
+        """The handler module name: ``SAGEMAKER_PROGRAM`` without a trailing ``.py``."""
+        name = self.program
+        return name[:-3] if name.endswith(".py") else name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def resolve_submit_dir(value: str | None, default: Path) -> Path:
+    """``SAGEMAKER_SUBMIT_DIRECTORY`` as a local directory (a path or a ``file://`` URI).
+
+    ``s3://`` URIs and archives are not fetched at serve time (the model archive or the image should
+    carry the code); they produce one clear error naming the variable.
+    """
+    if value is None:
+        return default
+    if value.startswith("file://"):
+        return Path(value[len("file://") :])
+    if "://" in value or value.endswith((".tar.gz", ".tgz")):
+        raise ConfigError(
+            f"{value!r} is not a local directory; serve only reads handler code from a directory "
+            "(put the code in model.tar.gz under code/ or in the image)",
+            key="environment variable SAGEMAKER_SUBMIT_DIRECTORY",
+        )
+    return Path(value)

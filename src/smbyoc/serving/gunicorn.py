@@ -1,0 +1,59 @@
+"""The gunicorn command line of ``serve`` (a pure function)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from smbyoc.serving.env import ServingEnv
+
+WSGI_APP = "smbyoc.serving.wsgi:create_wsgi_app()"
+CONFIG = "python:smbyoc.serving.wsgi"
+#: gunicorn's graceful stop; stays under SageMaker's 30 s between SIGTERM and SIGKILL.
+GRACEFUL_TIMEOUT = 25
+#: Longer than nginx's upstream keepalive_timeout (60 s), so nginx closes idle connections first.
+KEEP_ALIVE = 75
+
+_LEVELS = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
+
+
+def gunicorn_log_level(level: int) -> str:
+    for threshold in sorted(_LEVELS, reverse=True):
+        if level >= threshold:
+            return _LEVELS[threshold]
+    return "debug"
+
+
+def bind_address(env: ServingEnv, socket_path: Path | None) -> str:
+    if socket_path is not None:
+        return f"unix:{socket_path}"
+    host = env.host
+    return f"[{host}]:{env.port}" if ":" in host else f"{host}:{env.port}"
+
+
+def gunicorn_argv(
+    env: ServingEnv, runtime_dir: Path, socket_path: Path | None, *, python: str | None = None
+) -> list[str]:
+    """argv for gunicorn: unix socket behind nginx, or the port itself when ``socket_path`` is None."""
+    argv = [
+        python or sys.executable, "-m", "gunicorn",
+        "--config", CONFIG,
+        "--bind", bind_address(env, socket_path),
+        "--workers", str(env.workers),
+        "--worker-class", env.worker_class,
+        "--timeout", str(env.timeout),
+        "--graceful-timeout", str(GRACEFUL_TIMEOUT),
+        "--keep-alive", str(KEEP_ALIVE),
+        "--worker-tmp-dir", str(runtime_dir),
+        "--log-level", gunicorn_log_level(env.log_level),
+        "--error-logfile", "-",
+        "--preload",
+        "--backlog", "1024",
+        "--no-control-socket",
+    ]
+    if env.worker_class == "gthread":
+        argv += ["--threads", str(env.threads)]
+    if socket_path is None:
+        argv += ["--access-logfile", "-", "--limit-request-line", "8190"]
+    argv.append(WSGI_APP)
+    return argv

@@ -1,0 +1,225 @@
+"""Starting and supervising nginx + gunicorn, and helpers to start ``serve`` and wait until it is ready.
+
+The supervisor starts both as argv lists (no shell), each in its own session so a terminal's Ctrl-C
+reaches only the supervisor, which forwards it. On SIGTERM/SIGINT: nginx gets SIGQUIT (graceful) and
+gunicorn SIGTERM (graceful, :data:`~smbyoc.serving.gunicorn.GRACEFUL_TIMEOUT`); whatever is still
+running after :data:`STOP_TIMEOUT` seconds is killed. If either child exits on its own, the other is
+stopped the same way and the supervisor returns non-zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from smbyoc.errors import ServingError
+from smbyoc.exit_codes import from_returncode
+from smbyoc.serving.env import ServingEnv
+from smbyoc.serving.gunicorn import gunicorn_argv
+from smbyoc.serving.nginx import nginx_argv, render_nginx_conf
+
+logger = logging.getLogger(__name__)
+
+#: SageMaker sends SIGKILL 30 s after SIGTERM; everything is down before that.
+STOP_TIMEOUT = 28.0
+SOCKET_NAME = "gunicorn.sock"
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """What ``serve`` will start: argv lists and the files written for them."""
+
+    env: ServingEnv
+    runtime_dir: Path
+    gunicorn: list[str]
+    nginx: list[str] | None
+    nginx_conf: Path | None
+    owns_runtime_dir: bool
+
+
+def prepare(env: ServingEnv, *, nginx_bin: str = "nginx") -> ServePlan:
+    """Create the runtime directory and write nginx.conf (when nginx is used)."""
+    if env.runtime_dir is not None:
+        runtime_dir, owned = env.runtime_dir, False
+        runtime_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        runtime_dir, owned = Path(tempfile.mkdtemp(prefix="smbyoc-serve-")), True
+    if not env.use_nginx:
+        return ServePlan(env, runtime_dir, gunicorn_argv(env, runtime_dir, None), None, None, owned)
+    if shutil.which(nginx_bin) is None:
+        raise ServingError(f"nginx not found on PATH ({nginx_bin!r}); install nginx or run `serve --no-nginx`")
+    socket_path = runtime_dir / SOCKET_NAME
+    conf = runtime_dir / "nginx.conf"
+    conf.write_text(render_nginx_conf(env, runtime_dir, socket_path), encoding="utf-8")
+    return ServePlan(
+        env, runtime_dir, gunicorn_argv(env, runtime_dir, socket_path), nginx_argv(conf, runtime_dir, nginx_bin),
+        conf, owned,
+    )
+
+
+class Supervisor:
+    """Runs a :class:`ServePlan` until a signal or until one child exits."""
+
+    def __init__(self, plan: ServePlan, environ: Mapping[str, str] | None = None) -> None:
+        self.plan = plan
+        self.environ = dict(os.environ if environ is None else environ)
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self._wake = threading.Event()
+        self._signal: int | None = None
+
+    def start(self) -> None:
+        self.environ["SMBYOC_SERVE_RUNTIME_DIR"] = str(self.plan.runtime_dir)
+        self.environ["SAGEMAKER_USE_NGINX"] = "true" if self.plan.nginx is not None else "false"
+        self.children["gunicorn"] = subprocess.Popen(self.plan.gunicorn, env=self.environ, start_new_session=True)
+        if self.plan.nginx is not None:
+            self._wait_for_socket(self.plan.runtime_dir / SOCKET_NAME)
+            self.children["nginx"] = subprocess.Popen(self.plan.nginx, env=self.environ, start_new_session=True)
+        logger.info("started %s", ", ".join(f"{n} (pid {p.pid})" for n, p in self.children.items()))
+
+    def _wait_for_socket(self, path: Path, timeout: float = 120.0) -> None:
+        """Start nginx only once gunicorn listens, so nginx never logs failed upstream connects."""
+        deadline = time.monotonic() + timeout
+        gunicorn = self.children["gunicorn"]
+        while not path.exists() and gunicorn.poll() is None and self._signal is None:
+            if time.monotonic() > deadline:
+                logger.warning("gunicorn has not created %s after %.0f s; starting nginx anyway", path, timeout)
+                return
+            time.sleep(0.005)
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        self._signal = signum
+        self._wake.set()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGCHLD:
+            self._wake.set()
+        else:
+            self.request_stop(signum)
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signum, self._on_signal)
+
+    def wait(self) -> int:
+        """Block until a stop request or a child's exit; stop everything; return the exit status."""
+        died: tuple[str, int] | None = None
+        while self._signal is None and died is None:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            for name, proc in self.children.items():
+                code = proc.poll()
+                if code is not None:
+                    died = (name, code)
+                    break
+        if died is not None:
+            name, code = died
+            logger.error("%s exited with status %s; stopping the other process", name, code)
+        else:
+            logger.info("received signal %s; stopping gracefully", self._signal)
+        self.stop()
+        self.cleanup()
+        if died is not None:
+            return from_returncode(died[1]) or 1
+        codes = [p.returncode for p in self.children.values()]
+        return 0 if all(c in (0, -signal.SIGTERM, -signal.SIGQUIT) for c in codes) else 1
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        graceful = {"nginx": signal.SIGQUIT, "gunicorn": signal.SIGTERM}
+        for name, proc in self.children.items():
+            if proc.poll() is None:
+                _send(proc, graceful.get(name, signal.SIGTERM))
+        deadline = time.monotonic() + timeout
+        for proc in self.children.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+        for name, proc in self.children.items():
+            if proc.poll() is None:
+                logger.warning("%s did not stop within %.0f s; killing it", name, timeout)
+            # the whole session: gunicorn workers too, even when their master is already gone
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def cleanup(self) -> None:
+        if self.plan.owns_runtime_dir:
+            shutil.rmtree(self.plan.runtime_dir, ignore_errors=True)
+
+
+def _send(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signum)
+
+
+def run(env: ServingEnv) -> int:
+    """Start nginx (unless disabled) and gunicorn for ``env`` and supervise them; the exit status."""
+    plan = prepare(env)
+    supervisor = Supervisor(plan)
+    supervisor.install_signal_handlers()
+    try:
+        supervisor.start()
+    except OSError as e:
+        supervisor.stop(timeout=5)
+        supervisor.cleanup()
+        raise ServingError(f"could not start {e.filename or 'a server process'}: {e.strerror or e}") from e
+    return supervisor.wait()
+
+
+# --------------------------------------------------------------------- for callers outside the image
+
+
+def serve_command(args: Sequence[str] = (), python: str | None = None) -> list[str]:
+    """argv that runs ``serve`` with this interpreter (what the ``serve`` console script runs)."""
+    return [python or sys.executable, "-m", "smbyoc.serving.main", *args]
+
+
+def start_serve(
+    environ: Mapping[str, str], args: Sequence[str] = (), **popen: object
+) -> subprocess.Popen[bytes]:
+    """Start ``serve`` as a child process with ``environ`` (e.g. SAGEMAKER_BIND_TO_PORT, SAGEMAKER_BASE_DIR)."""
+    return subprocess.Popen(serve_command(args), env=dict(environ), **popen)  # type: ignore[call-overload, no-any-return]
+
+
+def ping(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """``GET <url>/ping``: the status and body (status 0 when the connection fails)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read()
+    except (OSError, urllib.error.URLError):
+        return 0, b""
+
+
+def wait_until_ready(
+    url: str,
+    timeout: float = 240.0,
+    *,
+    interval: float = 0.02,
+    process: subprocess.Popen[bytes] | None = None,
+) -> float:
+    """Poll ``/ping`` until 200; the seconds it took. Raises ServingError on timeout or if ``process`` exits."""
+    start = time.monotonic()
+    last = (0, b"")
+    while True:
+        last = ping(url, timeout=2.0)
+        if last[0] == 200:
+            return time.monotonic() - start
+        if process is not None and process.poll() is not None:
+            raise ServingError(f"serve exited with status {process.returncode} before /ping answered 200")
+        if time.monotonic() - start > timeout:
+            detail = last[1].decode("utf-8", "replace")[:500]
+            raise ServingError(f"/ping at {url} not 200 after {timeout:.0f} s (last: {last[0]} {detail})")
+        time.sleep(interval)

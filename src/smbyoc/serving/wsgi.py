@@ -1,0 +1,75 @@
+"""gunicorn entry: the app factory and the server hooks (``--config python:smbyoc.serving.wsgi``).
+
+With ``--preload`` the master imports Flask, numpy and the app once (``create_wsgi_app``), so forked
+workers — including ones restarted after a crash — are serving within milliseconds. The model is
+*not* loaded in the master: every worker loads its own copy after the fork, in a background thread
+(:func:`post_worker_init`), because runtimes such as onnxruntime and torch do not survive ``fork`` with
+their thread pools (importing onnxruntime before the fork even makes workers abort at exit),
+and so that ``/ping`` answers 503 "loading" at once instead of hanging.
+docs/serving.md has the measurements behind this choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask
+
+from smbyoc.logs import configure_logging
+from smbyoc.serving.app import create_app
+from smbyoc.serving.env import ServingEnv
+from smbyoc.serving.handler import Handler
+from smbyoc.serving.model_holder import DEFAULT_MODEL, ModelHolder
+from smbyoc.serving.nginx import READY_FILE
+
+logger = logging.getLogger(__name__)
+
+_state: dict[str, Any] = {}
+
+
+def build(env: ServingEnv | None = None) -> tuple[Flask, ModelHolder]:
+    """The app and its holder with the default model added (not loaded)."""
+    env = env or ServingEnv.from_env()
+    holder = ModelHolder()
+    if not env.multi_model:
+        holder.add(DEFAULT_MODEL, Handler(env, DEFAULT_MODEL))
+    return create_app(env, holder), holder
+
+
+def create_wsgi_app() -> Flask:
+    """gunicorn app factory (runs once in the master with ``--preload``)."""
+    env = ServingEnv.from_env()
+    configure_logging(env.log_level)
+    app, holder = build(env)
+    _state["holder"] = holder
+    _state["runtime_dir"] = env.runtime_dir if env.use_nginx and not env.multi_model else None
+    return app
+
+
+def load_models() -> None:
+    """Start loading every held model in the background (called in each worker after the fork)."""
+    holder: ModelHolder | None = _state.get("holder")
+    if holder is None:
+        return
+    runtime_dir = _state.get("runtime_dir")
+
+    def load(name: str) -> None:
+        entry = holder.load(name)
+        if entry.ready and runtime_dir is not None:
+            (runtime_dir / READY_FILE).touch()
+
+    for name in holder.names():
+        threading.Thread(target=load, args=(name,), name=f"load-{name}", daemon=True).start()
+
+
+# ------------------------------------------------------------------------------ gunicorn server hooks
+
+
+def post_worker_init(worker: Any) -> None:
+    load_models()
+
+
+def when_ready(server: Any) -> None:
+    logger.info("gunicorn is accepting connections")

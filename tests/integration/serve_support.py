@@ -1,0 +1,133 @@
+"""Helpers for the real-`serve` tests: small ONNX models, model trees, and a running-server fixture."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from smbyoc.serving.ports import free_port
+from smbyoc.serving.supervisor import ping, serve_command
+
+W = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=np.float32)
+B = np.array([0.5, -0.5], dtype=np.float32)
+
+
+def write_linear_onnx(path: Path) -> Path:
+    """y = x @ W + B with x: float32[N, 3], y: float32[N, 2]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32) @ W + B
+
+
+def write_code(base: Path, source: str, name: str = "inference.py") -> Path:
+    code = base / "model" / "code"
+    code.mkdir(parents=True, exist_ok=True)
+    path = code / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        return wait_for(lambda: ping(self.url, timeout=2.0)[0] == 200, timeout, self)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(35)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def wait_for(condition, timeout: float, server: Server | None = None, interval: float = 0.02) -> float:
+    start = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - start
+        if server is not None and server.proc.poll() is not None:
+            raise AssertionError(f"serve exited ({server.proc.returncode}):\n{server.output()[-4000:]}")
+        if time.monotonic() - start > timeout:
+            detail = server.output()[-4000:] if server is not None else ""
+            raise AssertionError(f"condition not met within {timeout} s\n{detail}")
+        time.sleep(interval)
+
+
+def start_server(
+    base: Path, tmp: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None
+) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SAGEMAKER_BASE_DIR": str(base),
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "SMBYOC_SERVE_HOST": "127.0.0.1",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    env.pop("SAGEMAKER_PROGRAM", None) if "SAGEMAKER_PROGRAM" not in (extra_env or {}) else None
+    log = tmp / f"serve-{port}.log"
+    handle = log.open("wb")
+    proc = subprocess.Popen(
+        serve_command(args or []), env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    handle.close()
+    return Server(proc, port, log)
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], check=False, capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,sid="], check=False, capture_output=True, text=True).stdout
+    pids = []
+    for line in out.splitlines():
+        pid, s = line.split()
+        if int(s) == sid:
+            pids.append(int(pid))
+    return pids
+
+
+__all__ = ["Server", "expected", "start_server", "sys", "write_code", "write_linear_onnx"]

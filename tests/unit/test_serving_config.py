@@ -1,0 +1,94 @@
+"""Pure parts of serve: env, nginx.conf rendering, gunicorn argv, ports."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from smbyoc.errors import ConfigError, EnvVarError, ServingError
+from smbyoc.serving.env import ServingEnv
+from smbyoc.serving.gunicorn import gunicorn_argv
+from smbyoc.serving.nginx import load_template, render_nginx_conf
+from smbyoc.serving.ports import free_port, next_safe_port, port_is_free
+
+
+def test_env_defaults_and_values(tmp_path: Path) -> None:
+    env = ServingEnv.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
+    assert (env.port, env.timeout, env.max_payload_bytes, env.default_accept) == (8080, 60, 6291456, "application/json")
+    assert env.model_dir == tmp_path / "model" and env.submit_dir == tmp_path / "model" / "code"
+    assert env.module_name == "inference" and env.use_nginx and env.workers >= 1
+    env = ServingEnv.from_env({
+        "SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_MODEL_SERVER_WORKERS": "3", "SAGEMAKER_PROGRAM": "serve_me.py",
+        "SAGEMAKER_SUBMIT_DIRECTORY": "file:///code", "SAGEMAKER_USE_NGINX": "false", "SAGEMAKER_MULTI_MODEL": "true",
+    }, base_dir=tmp_path)
+    assert (env.port, env.workers, env.module_name, env.submit_dir) == (9000, 3, "serve_me", Path("/code"))
+    assert not env.use_nginx and env.model_dir == tmp_path / "models"
+    assert env.to_dict()["submit_dir"] == "/code"
+
+
+def test_env_errors_name_the_variable() -> None:
+    with pytest.raises(EnvVarError, match="SAGEMAKER_MAX_PAYLOAD_IN_MB"):
+        ServingEnv.from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "lots"})
+    with pytest.raises(ConfigError, match="SAGEMAKER_SUBMIT_DIRECTORY"):
+        ServingEnv.from_env({"SAGEMAKER_SUBMIT_DIRECTORY": "s3://bucket/code.tar.gz"})
+
+
+def test_nginx_conf_paths_and_limits(tmp_path: Path) -> None:
+    env = ServingEnv.from_env({"SAGEMAKER_BIND_TO_PORT": "8123", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "7",
+                               "SAGEMAKER_MODEL_SERVER_TIMEOUT": "90", "SMBYOC_SERVE_HOST": "127.0.0.1"})
+    conf = render_nginx_conf(env, tmp_path, tmp_path / "g.sock", as_root=False)
+    assert "{{" not in conf
+    assert "listen 127.0.0.1:8123" in conf
+    assert f"client_max_body_size {7 * 1024 * 1024};" in conf
+    assert "proxy_read_timeout 90s;" in conf
+    assert f"server unix:{tmp_path}/g.sock" in conf
+    for directive in ("pid", "client_body_temp_path", "proxy_temp_path", "fastcgi_temp_path", "uwsgi_temp_path",
+                      "scgi_temp_path"):
+        assert f"{directive} {tmp_path}/" in conf
+    assert f"if (-f {tmp_path}/model-ready)" in conf
+    assert "\nuser " not in conf and "daemon off;" in conf and "error_log stderr" in conf
+    assert "user root root;" in render_nginx_conf(env, tmp_path, tmp_path / "g.sock", as_root=True)
+
+
+def test_nginx_template_is_the_packaged_one() -> None:
+    repo_copy = Path(__file__).resolve().parents[2] / "nginx" / "nginx.conf.template"
+    assert repo_copy.read_text() == load_template()
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
+def test_rendered_conf_passes_nginx_t(tmp_path: Path) -> None:
+    env = ServingEnv.from_env({"SAGEMAKER_BIND_TO_PORT": str(free_port()), "SMBYOC_SERVE_HOST": "127.0.0.1"})
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_nginx_conf(env, tmp_path, tmp_path / "g.sock"))
+    result = subprocess.run(["nginx", "-e", "stderr", "-p", str(tmp_path), "-t", "-c", str(conf)],
+                            check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_gunicorn_argv(tmp_path: Path) -> None:
+    env = ServingEnv.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "3", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "33"})
+    argv = gunicorn_argv(env, tmp_path, tmp_path / "g.sock", python="py")
+    assert argv[:3] == ["py", "-m", "gunicorn"]
+    pairs = dict(zip(argv, argv[1:], strict=False))
+    assert pairs["--bind"] == f"unix:{tmp_path}/g.sock" and pairs["--workers"] == "3" and pairs["--timeout"] == "33"
+    assert pairs["--worker-class"] == "sync" and "--threads" not in argv
+    assert "--preload" in argv and argv[-1] == "smbyoc.serving.wsgi:create_wsgi_app()"
+    direct = gunicorn_argv(ServingEnv(port=9001, host="127.0.0.1", worker_class="gthread"), tmp_path, None)
+    assert "127.0.0.1:9001" in direct and "--threads" in direct
+
+
+def test_ports(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert not port_is_free(port)
+        assert next_safe_port((port, port + 1)) == port + 1 or not port_is_free(port + 1)
+    assert next_safe_port("20000-20010", after=20004, check=False) == 20005
+    assert next_safe_port((20000, 20010), check=False) == 20000
+    with pytest.raises(ServingError, match="20000-20001"):
+        next_safe_port((20000, 20001), after=20001, check=False)
