@@ -27,6 +27,7 @@ from smbyoc.emulator.containers import LineSink
 from smbyoc.emulator.job_spec import TrainingJobSpec
 from smbyoc.emulator.layout import HostTree
 from smbyoc.emulator.result import HostOutcome
+from smbyoc.errors import ConfigError, DockerError
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,7 @@ def print_line(host: str, line: str) -> None:
 
 
 def prefixed_printer(hosts: int) -> LineSink:
-    if hosts == 1:
-        return print_line
+    """Each log line prefixed with its host (``[algo-1] ...``), as the CloudWatch streams name them."""
 
     def sink(host: str, line: str) -> None:
         sys.stdout.write(f"[{host}] {line}\n")
@@ -57,6 +57,37 @@ def shm_size_for(memory_bytes: int | None) -> str:
     return f"{min(memory_bytes // 2, 8 * 1024**3) // (1024 * 1024)}m"
 
 
+def gpu_device_requests(count: int) -> list[Any]:
+    """``--gpus`` for the engine: ``count`` GPUs, ``-1`` all, ``0`` none (``docker run --gpus N``)."""
+    if count == 0:
+        return []
+    import docker.types
+
+    return [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]
+
+
+def neuron_devices_for(spec: TrainingJobSpec, dev: Path = Path("/dev")) -> list[str]:
+    """``/dev/neuron*`` mappings for a Neuron instance type; ConfigError when this machine has none."""
+    wanted = spec.instance.neuron_devices
+    if wanted == 0:
+        return []
+    present = sorted(dev.glob("neuron[0-9]*"), key=lambda p: int(p.name.removeprefix("neuron") or 0))
+    if not present:
+        raise ConfigError(f"{spec.instance_type} has {wanted} Neuron device(s) but this machine has no "
+                          f"{dev}/neuron* devices (install the Neuron driver, or use a CPU instance type)",
+                          key=f"--instance-type {spec.instance_type}")
+    return [f"{p}:{p}:rwm" for p in present[:wanted]]
+
+
+def explain_start_error(error: Exception, host: str) -> Exception:
+    """Engine errors at start, in one line; a GPU request on an engine without GPU support in particular."""
+    text = str(getattr(error, "explanation", None) or error)
+    if "capabilities: [[gpu]]" in text or "nvidia" in text.lower():
+        return DockerError(f"{host}: the Docker Engine cannot give this container GPUs ({text.strip()}); "
+                           "install the NVIDIA Container Toolkit, or use a CPU instance type / --gpus 0")
+    return DockerError(f"{host}: the container did not start: {text.strip()}")
+
+
 @dataclass
 class DockerTrainingBackend:
     client: Any
@@ -71,6 +102,16 @@ class DockerTrainingBackend:
     _containers: list[Any] = field(default_factory=list, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _interrupted: set[str] = field(default_factory=set, init=False, repr=False)
+    _hosts: list[str] = field(default_factory=list, init=False, repr=False)
+    #: Set once every container has started (the job's lifecycle timers count from here).
+    started: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+
+    # -- checks before anything starts ----------------------------------------------------------
+    def preflight(self, spec: TrainingJobSpec) -> None:
+        """Refuse, with one line, what cannot run here: a missing image, Neuron devices that are absent."""
+        containers.require_image(self.client, self.image)
+        neuron_devices_for(spec)
 
     # -- container definition ------------------------------------------------------------------
     def mounts(self, spec: TrainingJobSpec, tree: HostTree) -> dict[str, dict[str, str]]:
@@ -93,6 +134,10 @@ class DockerTrainingBackend:
         instance = spec.instance
         environment = {"TRAINING_JOB_NAME": spec.job_name, "TRAINING_JOB_ARN": spec.job_arn,
                        **spec.environment}
+        if spec.network_isolation:
+            # The runtime then fails a requirements.txt install at once with its clear error instead of
+            # timing out against an unreachable index (set it in --env to choose otherwise).
+            environment.setdefault("SMBYOC_ALLOW_REQUIREMENTS_INSTALL", "false")
         args: dict[str, Any] = {
             "image": self.image,
             "command": ["train"],
@@ -101,11 +146,20 @@ class DockerTrainingBackend:
             "environment": environment,
             "volumes": self.mounts(spec, tree),
             "labels": containers.labels(spec.job_name, tree.host),
-            "network": network,
-            "networking_config": {network: self.client.api.create_endpoint_config(aliases=[tree.host])},
             "shm_size": shm_size_for(instance.memory_bytes),
             "detach": True,
         }
+        if network == "none":
+            args["network_mode"] = "none"
+        else:
+            args["network"] = network
+            args["networking_config"] = {network: self.client.api.create_endpoint_config(aliases=[tree.host])}
+        requests = gpu_device_requests(spec.gpu_count)
+        if requests:
+            args["device_requests"] = requests
+        devices = neuron_devices_for(spec)
+        if devices:
+            args["devices"] = devices
         if instance.vcpus is not None:
             args["nano_cpus"] = int(instance.vcpus * 1e9)
         if instance.memory_bytes is not None:
@@ -117,6 +171,9 @@ class DockerTrainingBackend:
     # -- running -------------------------------------------------------------------------------
     def run(self, spec: TrainingJobSpec, trees: Sequence[HostTree]) -> list[HostOutcome]:
         containers.require_image(self.client, self.image)
+        self._stopping.clear()
+        self.started.clear()
+        self._interrupted.clear()
         suffix = containers.unique_suffix()
         if self.code_dir is not None:
             for tree in trees:
@@ -130,18 +187,25 @@ class DockerTrainingBackend:
         network = None
         try:
             with translate_docker_errors(f"run training job {spec.job_name}"):
-                network = self.client.networks.create(
-                    f"smbyoc-{spec.job_name[:40]}-{suffix}", driver="bridge",
-                    labels=containers.labels(spec.job_name), check_duplicate=True)
+                if spec.network_isolation and len(trees) == 1:
+                    network_name = "none"  # no interface but loopback
+                else:
+                    # With isolation and several hosts the hosts still reach each other (as SageMaker
+                    # allows for distributed training), but an internal network has no route out.
+                    network = self.client.networks.create(
+                        f"smbyoc-{spec.job_name[:40]}-{suffix}", driver="bridge", internal=spec.network_isolation,
+                        labels=containers.labels(spec.job_name), check_duplicate=True)
+                    network_name = network.name
                 for tree in trees:
                     container = self.client.containers.create(
-                        **self.container_args(spec, tree, network.name, suffix))
+                        **self.container_args(spec, tree, network_name, suffix))
                     with self._lock:
                         self._containers.append(container)
+                        self._hosts.append(tree.host)
                 return self._start_and_wait(trees)
         finally:
             with self._lock:
-                created, self._containers = list(self._containers), []
+                created, self._containers, self._hosts = list(self._containers), [], []
             for container in created:
                 containers.remove_quietly(container, container.name)
             containers.remove_quietly(network, "job network")
@@ -156,8 +220,12 @@ class DockerTrainingBackend:
         for container, tree in zip(self._containers, trees, strict=True):
             if self._stopping.is_set():
                 break
-            container.start()
+            try:
+                container.start()
+            except Exception as e:
+                raise explain_start_error(e, tree.host) from e
             threads.append(containers.stream_logs(container, tree.host, sink))
+        self.started.set()
         outcomes: dict[str, int] = {}
         results: dict[str, int] = {}
         waiters = []
@@ -172,7 +240,8 @@ class DockerTrainingBackend:
             thread.join(5)
         for tree in trees:
             outcomes[tree.host] = results.get(tree.host, exit_codes.INTERNAL)
-        return [HostOutcome(tree.host, outcomes[tree.host]) for tree in trees]
+        return [HostOutcome(tree.host, outcomes[tree.host], stopped_by_emulator=tree.host in self._interrupted)
+                for tree in trees]
 
     def _wait_one(self, container: Any, host: str, results: dict[str, int]) -> None:
         try:
@@ -181,12 +250,17 @@ class DockerTrainingBackend:
         except Exception as e:
             log.error("%s: lost track of the container: %s", host, e)
             code = exit_codes.INTERNAL
-        results[host] = code
-        if code != 0 and not self._stopping.is_set():
-            others = [c for c in self._containers if c is not container]
-            if others:
-                log.error("%s failed with exit status %d: stopping the other hosts", host, code)
-                self._stop_containers(others)
+        with self._lock:
+            results[host] = code
+            if code == 0 or self._stopping.is_set() or host in self._interrupted:
+                return
+            others = [(c, h) for c, h in zip(self._containers, self._hosts, strict=False)
+                      if c is not container and h not in results]
+            self._interrupted.update(h for _, h in others)
+        if others:
+            log.error("%s failed with exit status %d: stopping the other hosts (%s)", host, code,
+                      ", ".join(h for _, h in others))
+            self._stop_containers([c for c, _ in others])
 
     def _stop_containers(self, targets: list[Any]) -> None:
         def stop(container: Any) -> None:

@@ -23,6 +23,9 @@ from smbyoc.paths import check_channel_name
 InputMode = Literal["File", "FastFile", "Pipe"]
 INPUT_MODES: tuple[str, ...] = ("File", "FastFile", "Pipe")
 DISTRIBUTIONS: tuple[str, ...] = ("FullyReplicated", "ShardedByS3Key")
+COMPRESSION_TYPES: tuple[str, ...] = ("None", "Gzip")
+RECORD_WRAPPER_TYPES: tuple[str, ...] = ("None", "RecordIO")
+S3_DATA_TYPES: tuple[str, ...] = ("S3Prefix", "ManifestFile")
 
 #: BOTO ``TrainingJobName``: ``^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}``.
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -48,6 +51,36 @@ class ChannelSpec:
     distribution: str = "FullyReplicated"
     record_wrapper: str = "None"
     compression: str = "None"
+    data_type: str = "S3Prefix"
+
+    def validate(self) -> None:
+        """Check the channel's own fields and that its source can be read in its input mode."""
+        check_channel_name(self.name)
+        what = f"channel {self.name!r}"
+        for value, allowed, field_name in (
+            (self.input_mode, INPUT_MODES, "input mode"),
+            (self.distribution, DISTRIBUTIONS, "distribution"),
+            (self.compression, COMPRESSION_TYPES, "compression type"),
+            (self.record_wrapper, RECORD_WRAPPER_TYPES, "record wrapper type"),
+            (self.data_type, S3_DATA_TYPES, "S3 data type"),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"expected one of {', '.join(allowed)}", key=f"{field_name} {value!r} of {what}")
+        if not self.source.exists():
+            raise ConfigError("no such file or directory", key=f"{what} path {str(self.source)!r}")
+        if self.input_mode == "FastFile" and self.data_type != "S3Prefix":
+            raise ConfigError("FastFile input mode needs S3DataType S3Prefix (a folder), not a manifest; "
+                              "use File or Pipe", key=what)
+        if self.compression != "None" and self.input_mode != "Pipe":
+            raise ConfigError(f"CompressionType {self.compression} is used only in Pipe input mode "
+                              f"(this channel is {self.input_mode})", key=what)
+        if self.record_wrapper != "None" and self.input_mode != "Pipe":
+            raise ConfigError(f"RecordWrapperType {self.record_wrapper} is emulated in Pipe input mode only "
+                              f"(this channel is {self.input_mode})", key=what)
+        if self.data_type == "ManifestFile":
+            from smbyoc.emulator.manifest import read_manifest
+
+            read_manifest(self.source)
 
     def to_input_data_config(self) -> dict[str, str]:
         """The channel's entry in ``inputdataconfig.json`` (contract.md §1.3)."""
@@ -74,6 +107,21 @@ class TrainingJobSpec:
     account: str = "000000000000"
     network_interface_name: str = "eth0"
     output_compression: str = "GZIP"
+    #: ``StoppingCondition.MaxRuntimeInSeconds``; None: no limit.
+    max_runtime_seconds: float | None = None
+    #: ``EnableNetworkIsolation``.
+    network_isolation: bool = False
+    #: GPUs requested from the engine: None = as the instance type has, -1 = all, 0 = none.
+    gpus: int | None = None
+    #: Local stand-in for ``CheckpointConfig.S3Uri``; None: no checkpoint configuration.
+    checkpoint_dir: Path | None = None
+    #: Managed spot emulation: reclaim the instances this many seconds after the containers start (once).
+    spot_interruption_after: float | None = None
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs each container asks for (-1: all the engine has)."""
+        return self.instance.gpus if self.gpus is None else self.gpus
 
     @property
     def job_arn(self) -> str:
@@ -118,21 +166,22 @@ class TrainingJobSpec:
             raise ConfigError("must be at least 1", key=f"instance count {self.instance_count}")
         check_wire_hyperparameters(self.hyperparameters)
         check_environment(self.environment)
+        if self.max_runtime_seconds is not None and not self.max_runtime_seconds >= 1:
+            raise ConfigError("MaxRuntimeInSeconds is at least 1",
+                              key=f"--max-runtime {self.max_runtime_seconds:g}")
+        if self.spot_interruption_after is not None and not self.spot_interruption_after > 0:
+            raise ConfigError("must be a positive number of seconds",
+                              key=f"--spot-interruption-after {self.spot_interruption_after:g}")
+        if self.gpus is not None and self.gpus < -1:
+            raise ConfigError("expected a number of GPUs, or -1 for all", key=f"--gpus {self.gpus}")
+        if self.checkpoint_dir is not None and self.checkpoint_dir.exists() and not self.checkpoint_dir.is_dir():
+            raise ConfigError("not a directory", key=f"--checkpoint-s3-dir {str(self.checkpoint_dir)!r}")
         seen: set[str] = set()
         for channel in self.channels:
-            check_channel_name(channel.name)
             if channel.name in seen:
                 raise ConfigError("given twice", key=f"channel {channel.name!r}")
             seen.add(channel.name)
-            if channel.input_mode not in INPUT_MODES:
-                raise ConfigError(f"expected one of {', '.join(INPUT_MODES)}",
-                                  key=f"input mode {channel.input_mode!r} of channel {channel.name!r}")
-            if channel.distribution not in DISTRIBUTIONS:
-                raise ConfigError(f"expected one of {', '.join(DISTRIBUTIONS)}",
-                                  key=f"distribution {channel.distribution!r} of channel {channel.name!r}")
-            if not channel.source.exists():
-                raise ConfigError("no such file or directory",
-                                  key=f"channel {channel.name!r} path {str(channel.source)!r}")
+            channel.validate()
         return self
 
 

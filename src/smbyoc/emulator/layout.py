@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smbyoc.emulator.job_spec import ChannelSpec, TrainingJobSpec
-from smbyoc.errors import ConfigError
 from smbyoc.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -53,15 +52,31 @@ def _write_json(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
-def _copy_channel(channel: ChannelSpec, target: Path, host_index: int, host_count: int) -> int:
-    files = channel_files(channel.source)
+def channel_objects(channel: ChannelSpec, host_index: int = 0, host_count: int = 1) -> list[tuple[str, Path]]:
+    """``(key, local file)`` of every object ``host_index`` (0-based) of ``host_count`` receives.
+
+    The key is where the object lands inside the channel. A ``ManifestFile`` channel is the list of files
+    its manifest names (in the manifest's order); a folder is its files sorted by key. ``ShardedByS3Key``
+    gives each host every ``n``-th object.
+    """
+    if channel.data_type == "ManifestFile":
+        from smbyoc.emulator.manifest import read_manifest
+
+        objects = [(entry.key, entry.path) for entry in read_manifest(channel.source)]
+    elif channel.source.is_file():
+        objects = [(channel.source.name, channel.source)]
+    else:
+        objects = [(f.relative_to(channel.source).as_posix(), f) for f in channel_files(channel.source)]
     if channel.distribution == "ShardedByS3Key":
-        files = shard(files, host_index, host_count)
+        objects = objects[host_index::host_count]
+    return objects
+
+
+def _copy_channel(channel: ChannelSpec, target: Path, host_index: int, host_count: int) -> int:
     target.mkdir(parents=True, exist_ok=True)
     total = 0
-    for file in files:
-        relative = Path(file.name) if channel.source.is_file() else file.relative_to(channel.source)
-        destination = target / relative
+    for key, file in channel_objects(channel, host_index, host_count):
+        destination = target / key
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, destination)
         total += destination.stat().st_size
@@ -100,8 +115,7 @@ def lay_out_host(spec: TrainingJobSpec, host: str, root: Path, *, copy_channels:
         hosts = spec.hosts
         for channel in spec.channels:
             if channel.input_mode == "Pipe":
-                raise ConfigError("Pipe input mode is only emulated in docker mode",
-                                  key=f"channel {channel.name!r}")
+                continue  # streamed through <channel>_<epoch> FIFOs by the pipe feeder while the job runs
             size = _copy_channel(channel, paths.channel_dir(channel.name), hosts.index(host), len(hosts))
             log.debug("channel %s: %d bytes copied for %s", channel.name, size, host)
     return tree

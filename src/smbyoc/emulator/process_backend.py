@@ -57,11 +57,23 @@ class ProcessBackend:
     name: str = "process"
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _timer: threading.Timer | None = field(default=None, init=False, repr=False)
+    #: Set once the program runs (the job's lifecycle timers count from here).
+    started: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+
+    def preflight(self, spec: TrainingJobSpec) -> None:
+        """What process mode cannot emulate is refused before anything starts."""
+        if spec.instance_count != 1:
+            raise ConfigError("process mode runs a single host; use --mode docker for several",
+                              key=f"--instance-count {spec.instance_count}")
+        if spec.network_isolation:
+            raise ConfigError("a local process cannot be cut off the network; use --mode docker",
+                              key="--network-isolation")
 
     def run(self, spec: TrainingJobSpec, trees: Sequence[HostTree]) -> list[HostOutcome]:
-        if len(trees) != 1:
-            raise ConfigError("process mode runs a single host; use docker mode for several",
-                              key=f"instance count {len(trees)}")
+        self.preflight(spec)
+        self._stopping.clear()
+        self.started.clear()
         tree = trees[0]
         argv = list(self.command)
         log.info("running %s with SAGEMAKER_BASE_DIR=%s", " ".join(argv), tree.root)
@@ -73,9 +85,15 @@ class ProcessBackend:
             raise UserCodeError(f"train command not found: {argv[0]}") from e
         except PermissionError as e:
             raise UserCodeError(f"train command is not executable: {argv[0]}") from e
+        self.started.set()
         if self._stopping.is_set():
             self.stop()
-        returncode = self._wait()
+        try:
+            returncode = self._wait()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         return [HostOutcome(tree.host, exit_codes.from_returncode(returncode))]
 
     def _wait(self) -> int:
@@ -93,9 +111,9 @@ class ProcessBackend:
             return
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
-        timer = threading.Timer(self.stop_timeout, self.kill)
-        timer.daemon = True
-        timer.start()
+        self._timer = threading.Timer(self.stop_timeout, self.kill)
+        self._timer.daemon = True
+        self._timer.start()
 
     def kill(self) -> None:
         process = self._process

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from smbyoc.emulator.artifacts import JobArtifacts
@@ -20,6 +21,27 @@ DOWNLOADING = "Downloading"
 TRAINING = "Training"
 UPLOADING = "Uploading"
 MAX_RUNTIME_EXCEEDED = "MaxRuntimeExceeded"
+INTERRUPTED = "Interrupted"
+RESTARTING = "Restarting"
+STOPPING = "Stopping"
+
+
+@dataclass(frozen=True)
+class StatusTransition:
+    """One entry of ``SecondaryStatusTransitions``."""
+
+    status: str
+    start_time: _dt.datetime
+    end_time: _dt.datetime | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"Status": self.status, "StartTime": self.start_time.isoformat()}
+        if self.end_time is not None:
+            data["EndTime"] = self.end_time.isoformat()
+        if self.message:
+            data["StatusMessage"] = self.message
+        return data
 
 
 @dataclass(frozen=True)
@@ -27,6 +49,8 @@ class HostOutcome:
     host: str
     exit_code: int | None
     failure_reason: str | None = None
+    #: True when the emulator stopped this host because another host failed (not a failure of its own).
+    stopped_by_emulator: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +71,13 @@ class TrainingJobResult:
     artifacts: JobArtifacts | None = None
     hosts: tuple[HostOutcome, ...] = ()
     input_data_config: Mapping[str, Any] = field(default_factory=dict)
+    transitions: tuple[StatusTransition, ...] = ()
+    max_runtime_seconds: float | None = None
+    network_isolation: bool = False
+    checkpoint_dir: str | None = None
+    spot: bool = False
+    interruptions: int = 0
+    billable_seconds: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -76,7 +107,25 @@ class TrainingJobResult:
             "TrainingEndTime": self.end_time.isoformat(),
             "TrainingTimeInSeconds": round(self.training_seconds),
             "ExitCode": self.exit_code,
+            "EnableNetworkIsolation": self.network_isolation,
+            "EnableManagedSpotTraining": self.spot,
+            "SecondaryStatusTransitions": [t.to_dict() for t in self.transitions],
+            "Hosts": [
+                {"Host": h.host, "ExitCode": h.exit_code,
+                 **({"FailureReason": h.failure_reason} if h.failure_reason else {}),
+                 **({"StoppedByEmulator": True} if h.stopped_by_emulator else {})}
+                for h in self.hosts
+            ],
         }
+        if self.max_runtime_seconds is not None:
+            data["StoppingCondition"] = {"MaxRuntimeInSeconds": int(self.max_runtime_seconds)}
+        if self.checkpoint_dir is not None:
+            data["CheckpointConfig"] = {"S3Uri": Path(self.checkpoint_dir).as_uri(),
+                                        "LocalPath": "/opt/ml/checkpoints"}
+        if self.billable_seconds is not None:
+            data["BillableTimeInSeconds"] = max(1, round(self.billable_seconds))
+        if self.spot:
+            data["InterruptionCount"] = self.interruptions
         if self.failure_reason:
             data["FailureReason"] = self.failure_reason
         if self.artifacts is not None:

@@ -8,20 +8,25 @@ shared so both modes produce the same files and the same report.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
+from smbyoc import exit_codes
 from smbyoc.emulator import artifacts, result
+from smbyoc.emulator.checkpoint_sync import CheckpointSync
 from smbyoc.emulator.job_spec import TrainingJobSpec
-from smbyoc.emulator.layout import HostTree, lay_out_host, make_writable
+from smbyoc.emulator.layout import HostTree, channel_objects, lay_out_host, make_writable
+from smbyoc.emulator.pipe_feeder import PipeSource, start_feeders, stop_feeders
 from smbyoc.emulator.result import HostOutcome, TrainingJobResult
 from smbyoc.training import failure
 
@@ -76,6 +81,96 @@ def stop_on_signals(backend: TrainingBackend, stopped: threading.Event) -> Itera
             signal.signal(s, h)
 
 
+class _Lifecycle:
+    """Watches one attempt: MaxRuntimeInSeconds and the emulated spot reclaim, timed from container start."""
+
+    def __init__(self, spec: TrainingJobSpec, backend: TrainingBackend, used: float, spot_pending: bool) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.used = used  # container seconds of earlier attempts (spot restarts)
+        self.spot_pending = spot_pending
+        self.reason: str | None = None  # MAX_RUNTIME_EXCEEDED or INTERRUPTED once fired
+        self.started_at: float | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="job-lifecycle", daemon=True)
+
+    def __enter__(self) -> _Lifecycle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self.started_at is None else time.monotonic() - self.started_at
+
+    def _watch(self) -> None:
+        started: threading.Event | None = getattr(self.backend, "started", None)
+        while started is not None and not started.is_set():
+            if self._done.wait(0.05):
+                return
+        self.started_at = time.monotonic()
+        deadlines: list[tuple[float, str]] = []
+        if self.spec.max_runtime_seconds is not None:
+            deadlines.append((self.spec.max_runtime_seconds - self.used, result.MAX_RUNTIME_EXCEEDED))
+        if self.spot_pending and self.spec.spot_interruption_after is not None:
+            deadlines.append((self.spec.spot_interruption_after, result.INTERRUPTED))
+        if not deadlines:
+            return
+        after, reason = min(deadlines)
+        if self._done.wait(max(0.0, after)):
+            return
+        self.reason = reason
+        if reason == result.MAX_RUNTIME_EXCEEDED:
+            log.warning("%s: MaxRuntimeInSeconds (%g s) reached: stopping the job (SIGTERM, then SIGKILL "
+                        "after the grace period)", self.spec.job_name, self.spec.max_runtime_seconds)
+        else:
+            log.warning("%s: emulated spot interruption after %g s: stopping the instances (SIGTERM, then "
+                        "SIGKILL after the grace period); the job restarts from its checkpoints",
+                        self.spec.job_name, self.spec.spot_interruption_after)
+        self.backend.stop()
+
+
+def pipe_sources(spec: TrainingJobSpec, host: str) -> list[PipeSource]:
+    hosts = spec.hosts
+    return [
+        PipeSource(c.name, tuple(path for _, path in channel_objects(c, hosts.index(host), len(hosts))),
+                   c.record_wrapper, c.compression)
+        for c in spec.channels if c.input_mode == "Pipe"
+    ]
+
+
+def _fresh_outputs(tree: HostTree) -> None:
+    """A restarted instance: empty model, output and checkpoint directories (checkpoints come back from
+    the checkpoint directory)."""
+    paths = tree.paths
+    for directory in (paths.model_dir, paths.output_dir, paths.checkpoints_dir):
+        make_writable(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+
+
+class _History:
+    """SecondaryStatusTransitions, reported to ``on_status`` as they happen."""
+
+    def __init__(self, job_name: str, on_status: StatusCallback | None) -> None:
+        self.job_name = job_name
+        self.on_status = on_status
+        self.items: list[result.StatusTransition] = []
+
+    def __call__(self, primary: str, secondary: str, message: str = "") -> None:
+        now = _dt.datetime.now(_dt.timezone.utc)
+        if self.items and self.items[-1].end_time is None:
+            self.items[-1] = dataclasses.replace(self.items[-1], end_time=now)
+        self.items.append(result.StatusTransition(secondary, now, None, message))
+        log.info("%s: %s - %s%s", self.job_name, primary, secondary, f" ({message})" if message else "")
+        if self.on_status is not None:
+            self.on_status(primary, secondary)
+
+
 def run_training_job(
     spec: TrainingJobSpec,
     backend: TrainingBackend,
@@ -87,32 +182,61 @@ def run_training_job(
 ) -> TrainingJobResult:
     """Run ``spec`` on ``backend`` and write its artifacts under ``output_dir/<job-name>/output``."""
     spec.validate()
+    preflight = getattr(backend, "preflight", None)
+    if preflight is not None:
+        preflight(spec)  # bad input is refused before any tree or container exists
     start = _dt.datetime.now(_dt.timezone.utc)
-
-    def status(primary: str, secondary: str) -> None:
-        log.info("%s: %s - %s", spec.job_name, primary, secondary)
-        if on_status is not None:
-            on_status(primary, secondary)
-
-    status("InProgress", result.STARTING)
+    status = _History(spec.job_name, on_status)
+    status("InProgress", result.STARTING, "Preparing the instances for training")
     root = Path(tempfile.mkdtemp(prefix=f"smbyoc-{spec.job_name[:40]}-", dir=work_dir))
     stopped = threading.Event()
     outcomes: list[HostOutcome] = []
     job_artifacts = None
+    end_reason: str | None = None
+    interruptions = 0
+    container_seconds = 0.0
     try:
         with stop_on_signals(backend, stopped):
-            status("InProgress", result.DOWNLOADING)
+            status("InProgress", result.DOWNLOADING, "Downloading input data")
             trees = [lay_out_host(spec, host, root / host) for host in spec.hosts]
-            if not stopped.is_set():
-                status("InProgress", result.TRAINING)
-                outcomes = backend.run(spec, trees)
-            status("InProgress", result.UPLOADING)
+            sync = None
+            if spec.checkpoint_dir is not None:
+                sync = CheckpointSync(spec.checkpoint_dir, [(t.host, t.paths.checkpoints_dir) for t in trees])
+                sync.start_job()
+            while not stopped.is_set():
+                status("InProgress", result.TRAINING, "Training image download completed. Training in progress.")
+                feeders = [f for t in trees for f in start_feeders(pipe_sources(spec, t.host),
+                                                                   t.paths.input_data_dir, t.host)]
+                if sync is not None:
+                    sync.start()
+                try:
+                    with _Lifecycle(spec, backend, container_seconds, interruptions == 0) as lifecycle:
+                        outcomes = backend.run(spec, trees)
+                finally:
+                    stop_feeders(feeders)
+                    if sync is not None:
+                        sync.finish()
+                container_seconds += lifecycle.elapsed
+                end_reason = lifecycle.reason
+                if end_reason == result.INTERRUPTED and not stopped.is_set():
+                    interruptions += 1
+                    status("InProgress", result.INTERRUPTED, "The job was interrupted (emulated spot reclaim)")
+                    status("InProgress", result.RESTARTING, "Restarting the job from its checkpoints")
+                    if sync is None:
+                        log.warning("no --checkpoint-s3-dir: the restarted job starts from scratch")
+                    for tree in trees:
+                        _fresh_outputs(tree)
+                    if sync is not None:
+                        sync.start_job()
+                    continue
+                break
+            status("InProgress", result.UPLOADING, "Uploading generated training model")
             job_artifacts = artifacts.collect(
                 [(t.host, t.root) for t in trees], output_dir, spec.job_name,
                 compress=spec.output_compression != "NONE",
             )
             outcomes = [
-                HostOutcome(o.host, o.exit_code, o.failure_reason or read_failure_reason(t))
+                dataclasses.replace(o, failure_reason=o.failure_reason or read_failure_reason(t))
                 for o, t in zip(outcomes, trees, strict=False)
             ]
     finally:
@@ -121,7 +245,15 @@ def run_training_job(
         else:
             make_writable(root)
             shutil.rmtree(root, ignore_errors=True)
-    return _finish(spec, backend.name, start, outcomes, job_artifacts, stopped.is_set(), status)
+    job = _finish(spec, backend.name, start, outcomes, job_artifacts, stopped.is_set(), status,
+                  max_runtime_exceeded=end_reason == result.MAX_RUNTIME_EXCEEDED)
+    return dataclasses.replace(
+        job, transitions=tuple(status.items), max_runtime_seconds=spec.max_runtime_seconds,
+        network_isolation=spec.network_isolation,
+        checkpoint_dir=str(spec.checkpoint_dir) if spec.checkpoint_dir is not None else None,
+        spot=spec.spot_interruption_after is not None, interruptions=interruptions,
+        billable_seconds=container_seconds * spec.instance_count, image=getattr(backend, "image", None),
+    )
 
 
 def _finish(
@@ -131,32 +263,44 @@ def _finish(
     outcomes: list[HostOutcome],
     job_artifacts: artifacts.JobArtifacts | None,
     stopped: bool,
-    status: Callable[[str, str], None],
+    status: Callable[..., None],
+    *,
+    max_runtime_exceeded: bool = False,
 ) -> TrainingJobResult:
     failed = [o for o in outcomes if o.exit_code != 0]
+    # The host that failed on its own comes first; hosts the emulator stopped because of it follow.
+    failed.sort(key=lambda o: o.stopped_by_emulator)
+    reason = None
+    exit_code = 0
     if stopped:
         primary, secondary = result.STOPPED, result.STOPPED
+    elif max_runtime_exceeded:
+        primary, secondary = result.FAILED, result.MAX_RUNTIME_EXCEEDED
+        exit_code = exit_codes.FAILURE
+        reason = (f"MaxRuntimeExceeded: the training job ran for longer than MaxRuntimeInSeconds "
+                  f"({spec.max_runtime_seconds:g} s) and was stopped")
     elif failed or not outcomes:
         primary, secondary = result.FAILED, result.FAILED
     else:
         primary, secondary = result.COMPLETED, result.COMPLETED
-    reason = None
-    exit_code = 0
-    if failed:
+    if failed and not stopped and not max_runtime_exceeded:
         first = failed[0]
         exit_code = first.exit_code if first.exit_code is not None else 1
         detail = first.failure_reason or (
             f"AlgorithmError: the training program exited with status {exit_code} and wrote no "
             "/opt/ml/output/failure"
         )
-        reason = detail if len(spec.hosts) == 1 else f"{first.host}: {detail}"
+        if len(spec.hosts) == 1:
+            reason = detail
+        else:
+            others = [o.host for o in outcomes if o.host != first.host and o.stopped_by_emulator]
+            stopped_note = f" (stopped the other hosts: {', '.join(others)})" if others else ""
+            reason = f"{first.host}: {detail.rstrip()}{stopped_note}"
         reason = reason[:FAILURE_REASON_LIMIT]
-    elif stopped:
-        exit_code = 0
-    elif not outcomes:
+    elif not outcomes and not stopped and not max_runtime_exceeded:
         exit_code = 1
         reason = "the job did not run"
-    status(primary, secondary)
+    status(primary, secondary, reason or "")
     return TrainingJobResult(
         job_name=spec.job_name, job_arn=spec.job_arn, status=primary, secondary_status=secondary,
         exit_code=exit_code, failure_reason=reason, start_time=start,

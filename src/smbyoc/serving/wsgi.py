@@ -73,3 +73,22 @@ def post_worker_init(worker: Any) -> None:
 
 def when_ready(server: Any) -> None:
     logger.info("gunicorn is accepting connections")
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """End the worker without interpreter finalization once gunicorn is done with it.
+
+    onnxruntime's thread pools abort the process ("terminate called ... std::system_error") when
+    Python finalizes after a fork, which makes a graceful stop look like a crash (SIGABRT). gunicorn
+    calls this hook last, in the worker, while its SystemExit propagates; we keep that exit status.
+    """
+    import os
+    import sys
+
+    exc = sys.exc_info()[1]
+    code = exc.code if isinstance(exc, SystemExit) else (1 if exc is not None else 0)
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -1,0 +1,102 @@
+"""What a person watching a training job sees: a live status line and host-prefixed logs.
+
+On a terminal the status line (job name, host count, elapsed time, the states so far, e.g.
+``Starting → Downloading → Training``) is redrawn in place every second on stderr, and log lines are
+printed above it; elsewhere (CI logs, pipes) each state change is one plain line.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+ARROW = " → "
+
+
+def format_elapsed(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class StatusDisplay:
+    def __init__(
+        self,
+        job_name: str,
+        hosts: int,
+        *,
+        err: TextIO | None = None,
+        out: TextIO | None = None,
+        live: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job_name = job_name
+        self.hosts = hosts
+        self.err = err or sys.stderr
+        self.out = out or sys.stdout
+        self.live = self.err.isatty() if live is None else live
+        self.clock = clock
+        self.began = clock()
+        self.states: list[str] = []
+        self._lock = threading.Lock()
+        self._shown = False
+        self._done = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def line(self) -> str:
+        trail = ARROW.join(self.states) or "Starting"
+        noun = "host" if self.hosts == 1 else "hosts"
+        return f"{self.job_name} | {self.hosts} {noun} | {format_elapsed(self.clock() - self.began)} | {trail}"
+
+    # -- callbacks -----------------------------------------------------------------------------
+    def on_status(self, primary: str, secondary: str) -> None:
+        with self._lock:
+            if not self.states or self.states[-1] != secondary:
+                self.states.append(secondary)
+            if self.live:
+                self._draw()
+            else:
+                self.err.write(f"[{self.job_name}] {secondary} ({format_elapsed(self.clock() - self.began)})\n")
+                self.err.flush()
+
+    def log_line(self, host: str, text: str) -> None:
+        with self._lock:
+            if self.live and self._shown:
+                self.err.write("\r\033[K")
+                self.err.flush()
+                self._shown = False
+            self.out.write(f"[{host}] {text}\n")
+            self.out.flush()
+            if self.live:
+                self._draw()
+
+    # -- live redraw ---------------------------------------------------------------------------
+    def _draw(self) -> None:
+        self.err.write("\r\033[K" + self.line())
+        self.err.flush()
+        self._shown = True
+
+    def start(self) -> StatusDisplay:
+        if self.live:
+            self._ticker = threading.Thread(target=self._tick, name="status-line", daemon=True)
+            self._ticker.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._done.wait(1.0):
+            with self._lock:
+                self._draw()
+
+    def close(self) -> None:
+        self._done.set()
+        if self._ticker is not None:
+            self._ticker.join(2)
+        with self._lock:
+            if self.live and self._shown:
+                self.err.write("\r\033[K" + self.line() + "\n")
+                self.err.flush()
+                self._shown = False
