@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from smbyoc.errors import ConfigError
+from smbyoc.jsonfile import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +101,7 @@ def _json_type(value: object) -> str:
 def read_hyperparameters_file(path: Path | str) -> dict[str, str]:
     """The wire-format hyperparameters of ``path``; ``{}`` when the file does not exist."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot be read: {e}", source=str(path)) from e
-    try:
-        raw = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"is not valid JSON: {e}", source=str(path)) from e
+    raw = read_json(path, missing={})
     return validate_wire(raw, source=str(path))
 
 

@@ -129,3 +129,15 @@ def chown_tree(client: Any, image: str, root: Path, owner: tuple[int, int], *, u
         )
     except Exception as e:
         log.warning("could not give %s back to uid %d (the image has no chown?): %s", root, uid, e)
+
+
+def resource_args(instance: Any, user: str | None) -> dict[str, Any]:
+    """``docker run`` limits for an instance type (vCPUs, memory; none for ``local``) and the user."""
+    args: dict[str, Any] = {}
+    if instance.vcpus is not None:
+        args["nano_cpus"] = int(instance.vcpus * 1e9)
+    if instance.memory_bytes is not None:
+        args["mem_limit"] = instance.memory_bytes
+    if user is not None:
+        args["user"] = user
+    return args

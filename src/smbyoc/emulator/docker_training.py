@@ -160,12 +160,7 @@ class DockerTrainingBackend:
         devices = neuron_devices_for(spec)
         if devices:
             args["devices"] = devices
-        if instance.vcpus is not None:
-            args["nano_cpus"] = int(instance.vcpus * 1e9)
-        if instance.memory_bytes is not None:
-            args["mem_limit"] = instance.memory_bytes
-        if self.user is not None:
-            args["user"] = self.user
+        args.update(containers.resource_args(instance, self.user))
         return args
 
     # -- running -------------------------------------------------------------------------------

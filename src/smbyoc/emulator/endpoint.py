@@ -270,12 +270,7 @@ class DockerEndpoint(Endpoint):
             "labels": containers.labels(name),
             "detach": True,
         }
-        if instance.vcpus is not None:
-            args["nano_cpus"] = int(instance.vcpus * 1e9)
-        if instance.memory_bytes is not None:
-            args["mem_limit"] = instance.memory_bytes
-        if self.user is not None:
-            args["user"] = self.user
+        args.update(containers.resource_args(instance, self.user))
         return args
 
     def _start(self) -> None:

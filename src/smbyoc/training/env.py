@@ -35,6 +35,7 @@ from smbyoc.environment_variables import (
     TRAINING_JOB_NAME,
 )
 from smbyoc.errors import ConfigError
+from smbyoc.jsonfile import read_json
 from smbyoc.paths import Paths, check_channel_name
 from smbyoc.training import mapping, resources
 
@@ -236,18 +237,7 @@ class TrainingEnv:
 
 
 def _read_json_object(path: Path, default: Mapping[str, Any] | None) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if default is None:
-            raise ConfigError("does not exist", source=str(path)) from None
-        return dict(default)
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot be read: {e}", source=str(path)) from e
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"is not valid JSON: {e}", source=str(path)) from e
+    data = read_json(path) if default is None else read_json(path, missing=dict(default))
     if not isinstance(data, dict):
         raise ConfigError(f"expected a JSON object, got {type(data).__name__}", source=str(path))
     return data
