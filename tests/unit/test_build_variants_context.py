@@ -144,3 +144,27 @@ def test_docker_errors_translate_to_smbyoc_errors() -> None:
     err = translate(docker.errors.ImageNotFound("no such image: y"), "running y")
     assert isinstance(err, DockerError) and str(err).startswith("running y: image not found")
     assert "no Docker Engine answers" in str(translate(requests.exceptions.ConnectionError(), "x"))
+
+
+def test_ensure_image_rebuilds_images_built_from_another_smbyoc(monkeypatch):
+    from types import SimpleNamespace
+
+    from smbyoc.build import builder
+
+    built: list[str] = []
+    current = builder.source_fingerprint()
+
+    class Images:
+        labels: dict[str, str] = {}
+
+        def get(self, tag):
+            return SimpleNamespace(labels=dict(self.labels))
+
+    client = SimpleNamespace(images=Images())
+    monkeypatch.setattr(builder, "build_image", lambda kind, variant, tag, **kw: built.append(tag))
+    Images.labels = {builder.SOURCE_LABEL: current}
+    assert builder.ensure_image("serve", client=client) == "smbyoc/serve:cpu"
+    assert built == []
+    Images.labels = {builder.SOURCE_LABEL: "something-else"}
+    assert builder.ensure_image("serve", client=client) == "smbyoc/serve:cpu"
+    assert built == ["smbyoc/serve:cpu"]

@@ -28,6 +28,7 @@ from smbyoc.build import context as build_context
 from smbyoc.build import repositories
 from smbyoc.build.docker_client import get_client, translate_docker_errors
 from smbyoc.build.variants import Variant, load_variant
+from smbyoc.build.wheelhouse import source_fingerprint
 from smbyoc.errors import BuildError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ class BuildResult:
     @property
     def size_mb(self) -> float:
         return self.size_bytes / 1e6
+
+
+#: Image label holding :func:`smbyoc.build.wheelhouse.source_fingerprint` of the smbyoc inside.
+SOURCE_LABEL = "org.smbyoc.source"
 
 
 def default_tag(kind: str, variant: str = "cpu") -> str:
@@ -185,7 +190,8 @@ def build_image(kind: str, variant: str | Variant = "cpu", tag: str | None = Non
     if var.dockerfile(kind).name == "Dockerfile.neuron":
         buildargs |= {"KIND": kind, "MULTI_MODELS": "true" if kind == "serve" else "false"}
     labels = {"org.smbyoc.variant": var.name, "org.smbyoc.kind": kind,
-              "org.smbyoc.version": smbyoc.__version__, "org.smbyoc.base-image": base}
+              "org.smbyoc.version": smbyoc.__version__, "org.smbyoc.base-image": base,
+              SOURCE_LABEL: source_fingerprint()}
     with tempfile.TemporaryDirectory(prefix="smbyoc-build.") as tmp:
         ctx = build_context.assemble(spec, Path(tmp) / "context", cache=cache, progress=progress)
         image_id = _stream_build(client, ctx.path, tag, buildargs, labels, var, nocache, progress)
@@ -227,11 +233,16 @@ def _stream_build(client: Any, path: Path, tag: str, buildargs: dict[str, str], 
 
 def ensure_image(kind: str, variant: str = "cpu", tag: str | None = None, *, client: Any | None = None,
                  base_image: str | None = None, progress: Progress | None = None) -> str:
-    """The tag of the default ``kind`` image of ``variant``, building it first when it is absent."""
+    """The tag of the default ``kind`` image of ``variant``, building it first when it is absent or was
+    built from another smbyoc (so the emulator never runs a stale runtime; an unchanged rebuild is cached)."""
     tag = tag or default_tag(kind, variant)
     client = client or get_client()
     with translate_docker_errors(f"looking up {tag}"):
-        if _local_image(client, tag) is not None:
+        image = _local_image(client, tag)
+    if image is not None:
+        built_from = (image.labels or {}).get(SOURCE_LABEL)
+        if built_from == source_fingerprint():
             return tag
+        _say(progress, f"{tag} was built from another smbyoc ({built_from or 'unknown'}); rebuilding")
     build_image(kind, variant, tag, client=client, base_image=base_image, progress=progress)
     return tag

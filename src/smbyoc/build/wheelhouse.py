@@ -148,6 +148,12 @@ def _tree_hash(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def source_fingerprint() -> str:
+    """What identifies the smbyoc an image is built from: the checkout's file hash, else the version."""
+    root = source_tree()
+    return _tree_hash(root) if root is not None else f"version-{smbyoc.__version__}"
+
+
 def build_smbyoc_wheel(dest: Path, *, cache: Path | None = None, progress: Progress | None = None) -> Path:
     """A wheel of this smbyoc in ``dest``: built from the checkout (cached by a hash of its files)."""
     root = source_tree()
