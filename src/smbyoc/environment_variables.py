@@ -303,6 +303,10 @@ DOCKER_HOST = _declare(EnvVar[str | None](
     "DOCKER_HOST", parse_optional_str, None,
     "Docker Engine address used by `smbyoc build` and the emulator (read by the docker SDK too).",
     "emulator", "user", default_text="unix:///var/run/docker.sock"))
+SMBYOC_STATE_DIR = _declare(EnvVar[str | None](
+    "SMBYOC_STATE_DIR", parse_optional_str, None,
+    "Where running emulated jobs are recorded for `smbyoc stop`.", "emulator", "user",
+    default_text="<temp dir>/smbyoc-<uid>"))
 SMBYOC_CACHE_DIR = _declare(EnvVar[str | None](
     "SMBYOC_CACHE_DIR", parse_optional_str, None,
     "Cache of resolved wheelhouses, smbyoc wheels and base root file systems.", "emulator", "user",

@@ -69,3 +69,13 @@ def docker_cleanup(docker_client: Any) -> Iterator[list[str]]:
 @pytest.fixture(scope="session")
 def docker_test_prefix() -> str:
     return f"{TEST_PREFIX}/{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(docker_client: Any) -> Iterator[None]:
+    """After all Docker tests: no container or network created by smbyoc may remain."""
+    yield
+    label = {"label": "com.smbyoc.owner=smbyoc"}
+    containers = [c.name for c in docker_client.containers.list(all=True, filters=label)]
+    networks = [n.name for n in docker_client.networks.list(filters=label)]
+    assert not containers and not networks, f"left behind: containers {containers}, networks {networks}"

@@ -56,8 +56,7 @@ def test_images_run_as_an_arbitrary_non_root_uid(docker_client: Any, default_ima
     assert out.split() == ["4242", "/tmp"]
     out = run(docker_client, default_images["serve"], ["sh", "-c", "nginx -v 2>&1 && id -u"], user="4242:4242")
     assert out.split()[-1] == "4242"
-    # TODO(serve runtime): once smbyoc.serving.main is complete, start `serve` under -u 4242 with a model
-    # mounted and poll /ping; the emulator tests cover serving through real containers.
+    # `serve` itself under uid 4242 (model mounted, /ping, predictions): test_default_example_docker.py.
 
 
 def test_user_code_is_baked_into_opt_ml_code_and_rebuild_is_cached(

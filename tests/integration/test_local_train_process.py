@@ -203,3 +203,37 @@ def test_no_leftover_temporary_trees(workdir: Path, tmp_path_factory) -> None:
                    env=env)
     assert proc.returncode == 0, proc.stderr
     assert list(tmp.iterdir()) == []
+
+
+def test_smbyoc_stop_behaves_as_stop_training_job(workdir: Path) -> None:
+    write(workdir / "src" / "train.py", """
+        import os, signal, sys, time
+        from pathlib import Path
+        def on_term(signum, frame):
+            Path(os.environ["SM_MODEL_DIR"], "checkpoint").write_text("saved on SIGTERM")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, on_term)
+        print("READY", flush=True)
+        time.sleep(60)
+    """)
+    env = {**os.environ, "SMBYOC_STATE_DIR": str(workdir / "state")}
+    proc = subprocess.Popen(
+        [*SMBYOC, "local-train", "--mode", "process", "-e", "train.py", "-s", "src", "--job-name", "it-smbyoc-stop",
+         "-o", "out"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "READY" in line:
+            break
+    listed = subprocess.run([*SMBYOC, "stop", "--list"], capture_output=True, text=True, env=env, timeout=30)
+    assert listed.stdout.startswith("it-smbyoc-stop\tpid "), listed
+    unknown = subprocess.run([*SMBYOC, "stop", "nope"], capture_output=True, text=True, env=env, timeout=30)
+    assert unknown.returncode != 0 and "job 'nope': no running job of that name (running: it-smbyoc-stop)" in unknown.stderr
+    stopped = subprocess.run([*SMBYOC, "stop", "it-smbyoc-stop"], capture_output=True, text=True, env=env, timeout=30)
+    assert stopped.returncode == 0, stopped.stderr
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest
+    assert "Stopped" in rest
+    with tarfile.open(workdir / "out" / "it-smbyoc-stop" / "output" / "model.tar.gz") as tar:
+        assert tar.extractfile("checkpoint").read() == b"saved on SIGTERM"  # type: ignore[union-attr]
+    assert not list((workdir / "state" / "jobs").glob("*.json"))

@@ -231,3 +231,26 @@ def test_no_nginx(tmp_path: Path) -> None:
         assert "nginx" not in names
     finally:
         assert server.stop() == 0
+
+
+def test_default_torchscript_handler(tmp_path: Path) -> None:
+    """No handler module and a TorchScript model.pt: served with torch (in this environment torch is installed)."""
+    import torch
+
+    class Affine(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2.0 + 1.0
+
+    base = tmp_path / "ml"
+    (base / "model").mkdir(parents=True)
+    torch.jit.trace(Affine(), torch.zeros(1, 2)).save(str(base / "model" / "model.pt"))
+    server = start_server(base, tmp_path)
+    try:
+        server.wait_ready(60)
+        status, headers, body = call(server, "/invocations", b"[[1.0, 2.0], [3.0, 4.0]]",
+                                     {"Content-Type": "application/json", "Accept": "application/json"})
+        assert status == 200, body
+        assert json.loads(body) == [[3.0, 5.0], [7.0, 9.0]]
+        assert "torchscript" in server.output().lower(), server.output()[-2000:]
+    finally:
+        assert server.stop() == 0

@@ -334,4 +334,30 @@ def _submit_directory(source_dir: Path | None) -> str:
     return str(path.resolve())
 
 
-COMMANDS = [local_train]
+@click.command("stop")
+@click.argument("job_name", required=False)
+@click.option("--list", "list_jobs", is_flag=True, help="List the running emulated training jobs.")
+@library_errors
+def stop(job_name: str | None, list_jobs: bool) -> None:
+    """Stop a running `local-train` job as StopTrainingJob does (SIGTERM, then SIGKILL after the grace
+    period); the job ends `Stopped`.
+
+    \b
+    Examples:
+      smbyoc stop --list
+      smbyoc stop my-job-2026-11-21-10-00-00-000
+    """
+    from smbyoc.emulator.jobs import running_jobs, stop_job
+
+    if list_jobs or job_name is None:
+        jobs = running_jobs()
+        if job_name is None and not list_jobs:
+            raise ConfigError(f"give the job to stop (running: {', '.join(sorted(jobs)) or 'none'})", key="JOB_NAME")
+        for name, pid in sorted(jobs.items()):
+            click.echo(f"{name}\tpid {pid}")
+        return
+    pid = stop_job(job_name)
+    click.echo(f"Stopping {job_name} (emulator pid {pid}): SIGTERM now, SIGKILL after the grace period.", err=True)
+
+
+COMMANDS = [local_train, stop]

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Protocol
 
 from smbyoc import exit_codes
-from smbyoc.emulator import artifacts, result
+from smbyoc.emulator import artifacts, jobs, result
 from smbyoc.emulator.checkpoint_sync import CheckpointSync
 from smbyoc.emulator.job_spec import TrainingJobSpec
 from smbyoc.emulator.layout import HostTree, channel_objects, lay_out_host, make_writable
@@ -196,7 +196,7 @@ def run_training_job(
     interruptions = 0
     container_seconds = 0.0
     try:
-        with stop_on_signals(backend, stopped):
+        with stop_on_signals(backend, stopped), jobs.registered(spec.job_name, backend.name):
             status("InProgress", result.DOWNLOADING, "Downloading input data")
             trees = [lay_out_host(spec, host, root / host) for host in spec.hosts]
             sync = None
