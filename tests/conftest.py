@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,5 @@ def foreign_image(docker_client: Any) -> Iterator[str]:
         labels={"com.smbyoc.test": "1"},
     )
     yield FOREIGN_IMAGE_TAG
-    try:
+    with contextlib.suppress(Exception):
         docker_client.images.remove(image.id, force=True)
-    except Exception:
-        pass

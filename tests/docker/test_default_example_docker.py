@@ -58,7 +58,7 @@ def test_default_model_serves_accurate_predictions(
         response = invoke(endpoint.url, "\n".join(features).encode(), content_type="text/csv", accept="text/csv")
         predicted = [line.split(",")[0] for line in response.body.decode().strip().splitlines()]
         assert len(predicted) == len(labels)
-        accuracy = sum(p == t for p, t in zip(predicted, labels)) / len(labels)
+        accuracy = sum(p == t for p, t in zip(predicted, labels, strict=True)) / len(labels)
         assert accuracy >= 0.9, accuracy
         one = invoke(endpoint.url, json.dumps({"instances": [[float(x) for x in features[0].split(",")]]}).encode())
         assert json.loads(one.body)["predictions"][0]["label"] == predicted[0]

@@ -35,7 +35,8 @@ def test_labels_entrypoint_and_no_opt_ml(docker_client: Any, default_images: dic
     assert ("com.amazonaws.sagemaker.capabilities.multi-models" in labels) == (kind == "serve")
     assert config["Entrypoint"] == ["/opt/smbyoc/bin/entrypoint"]  # exec form, no tini
     assert config["Cmd"] == [kind]
-    out = run(docker_client, default_images[kind], ["sh", "-c", "test ! -e /opt/ml && command -v train && command -v serve"])
+    out = run(docker_client, default_images[kind],
+              ["sh", "-c", "test ! -e /opt/ml && command -v train && command -v serve"])
     assert out.split() == ["/opt/smbyoc/app/bin/train", "/opt/smbyoc/app/bin/serve"]
 
 

@@ -228,7 +228,8 @@ def test_smbyoc_stop_behaves_as_stop_training_job(workdir: Path) -> None:
     listed = subprocess.run([*SMBYOC, "stop", "--list"], capture_output=True, text=True, env=env, timeout=30)
     assert listed.stdout.startswith("it-smbyoc-stop\tpid "), listed
     unknown = subprocess.run([*SMBYOC, "stop", "nope"], capture_output=True, text=True, env=env, timeout=30)
-    assert unknown.returncode != 0 and "job 'nope': no running job of that name (running: it-smbyoc-stop)" in unknown.stderr
+    assert unknown.returncode != 0
+    assert "job 'nope': no running job of that name (running: it-smbyoc-stop)" in unknown.stderr
     stopped = subprocess.run([*SMBYOC, "stop", "it-smbyoc-stop"], capture_output=True, text=True, env=env, timeout=30)
     assert stopped.returncode == 0, stopped.stderr
     rest, _ = proc.communicate(timeout=60)
