@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smbyoc.serving.app import create_app
+from smbyoc.serving.app import create_app, fast_path
 from smbyoc.serving.env import ServingEnv
 from smbyoc.serving.handler import Handler
 from smbyoc.serving.model_holder import DEFAULT_MODEL, ModelHolder, ModelState
@@ -40,12 +40,28 @@ def _forget_user_modules():
     sys.path[:] = path
 
 
+_APP_KIND = ["flask"]
+
+
+@pytest.fixture(autouse=True, params=["flask", "fast-path"])
+def app_kind(request):
+    """Every test runs against the Flask app and against the WSGI fast path gunicorn serves: same answers."""
+    _APP_KIND[0] = request.param
+    yield request.param
+    _APP_KIND[0] = "flask"
+
+
 def client_for(tmp_path: Path, **kw: object):
     env = make_env(tmp_path, **kw)
     holder = ModelHolder()
     holder.add(DEFAULT_MODEL, Handler(env))
     entry = holder.load(DEFAULT_MODEL)
-    return create_app(env, holder).test_client(), entry
+    app = create_app(env, holder)
+    if _APP_KIND[0] == "fast-path":
+        from werkzeug.test import Client
+
+        return Client(fast_path(env, holder, app)), entry
+    return app.test_client(), entry
 
 
 TRIO = """
@@ -256,3 +272,29 @@ def test_default_onnx_handler_all_codecs(tmp_path: Path) -> None:
     assert r.json == [[2.0]]
     r = client.post("/invocations", data="[[1, 2, 3]]", content_type="application/json")
     assert r.status_code == 400 and "does not fit the model" in r.json["message"]
+
+
+def test_fast_path_answers_hot_requests_itself_and_hands_the_rest_to_flask(tmp_path: Path) -> None:
+    from werkzeug.test import Client
+
+    write_module(tmp_path, TRIO)
+    env = make_env(tmp_path)
+    holder = ModelHolder()
+    holder.add(DEFAULT_MODEL, Handler(env))
+    flask_app = create_app(env, holder)
+    calls: list[str] = []
+
+    def counting(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        return flask_app(environ, start_response)
+
+    client = Client(fast_path(env, holder, counting))
+    assert client.get("/ping").status_code == 503  # not loaded yet: Flask explains why
+    holder.load(DEFAULT_MODEL)
+    assert client.get("/ping").status_code == 200
+    r = client.post("/invocations", data="[1, 2]", content_type="application/json")
+    assert r.status_code == 200 and r.get_json() == [2.0, 4.0]
+    assert client.post("/invocations", data="[1", content_type="application/json").status_code == 500
+    assert client.get("/execution-parameters").status_code == 200
+    assert client.get("/nope").status_code == 404
+    assert calls == ["/ping", "/execution-parameters", "/nope"]

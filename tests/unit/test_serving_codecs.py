@@ -155,3 +155,24 @@ def test_npy_object_arrays_need_opt_in() -> None:
         assert codecs.decode(buffer.getvalue(), codecs.NPY)[0] == {"a": 1}
     finally:
         codecs.allow_pickle(False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1,2,3", "1,2\n3,4\n", "5", "1\n2\n3", " 1.5 , -2e3 \r\n4,nan\n\n", "1,2\n3", "1,,3", "# c\n1,2",
+     '"1",2', "a,b\n1,2", "1_000,2", "inf,-inf"],
+)
+def test_simple_csv_fast_path_equals_genfromtxt(text: str) -> None:
+    import io as _io
+
+    from smbyoc.serving.codecs import _csv
+
+    try:
+        expected = np.genfromtxt(_io.StringIO(text), delimiter=",")
+    except ValueError:
+        with pytest.raises(ValueError):
+            _csv(text)
+        return
+    got = _csv(text)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)

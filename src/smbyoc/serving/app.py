@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from smbyoc.serving import codecs
 from smbyoc.serving.env import ServingEnv
@@ -57,6 +59,17 @@ def execution_parameters(env: ServingEnv, handler_values: dict[str, Any]) -> dic
     return values
 
 
+def invoke(entry: Any, body: bytes, content_type: str | None, headers: Any) -> Any:
+    """Run one invocation through the model's handler; user-code errors become ModelError (JSON, logged)."""
+    try:
+        return entry.handler.invoke(body, content_type, headers)
+    except HTTPException:
+        raise
+    except Exception as e:
+        logger.exception("/invocations: the handler raised")
+        raise ModelError(f"{type(e).__name__}: {e}", code=_status_code(e)) from e
+
+
 def create_app(env: ServingEnv, holder: ModelHolder) -> Flask:
     codecs.allow_pickle(env.npy_allow_pickle)
     app = Flask("smbyoc.serving")
@@ -92,13 +105,7 @@ def create_app(env: ServingEnv, holder: ModelHolder) -> Flask:
     def invocations() -> Response:
         entry = ready_entry()
         body = request.get_data(cache=False)
-        try:
-            result = entry.handler.invoke(body, request.headers.get("Content-Type"), request.headers)
-        except HTTPException:
-            raise
-        except Exception as e:
-            logger.exception("/invocations: the handler raised")
-            raise ModelError(f"{type(e).__name__}: {e}", code=_status_code(e)) from e
+        result = invoke(entry, body, request.headers.get("Content-Type"), request.headers)
         response = Response(result.body, status=result.status, content_type=result.content_type)
         for key, value in result.headers.items():
             response.headers[key] = value
@@ -122,3 +129,45 @@ def create_app(env: ServingEnv, holder: ModelHolder) -> Flask:
     app.register_error_handler(HTTPException, error_response)
     app.register_error_handler(Exception, unexpected)
     return app
+
+
+_REASONS = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+
+def fast_path(env: ServingEnv, holder: ModelHolder, app: Flask) -> Any:
+    """A WSGI callable that answers the hot requests — ``POST /invocations`` and ``GET /ping`` of a loaded
+    model — without Flask's request machinery, and hands everything else (other routes, errors, a model
+    still loading, bodies without a length) to the Flask ``app``. The answers are the same; it saves
+    about a third of a worker's time per request (docs/serving.md, bench/README.md)."""
+    limit = env.max_payload_bytes
+    multi_model = env.multi_model
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO")
+        entry = None if multi_model else holder.get(DEFAULT_MODEL)
+        if entry is None or not entry.ready:
+            return app(environ, start_response)
+        method = environ.get("REQUEST_METHOD")
+        if path == "/ping" and method == "GET":
+            start_response("200 OK", [("Content-Type", JSON_TYPE), ("Content-Length", str(len(_PING_OK)))])
+            return [_PING_OK]
+        if path != "/invocations" or method != "POST":
+            return app(environ, start_response)
+        length_text = environ.get("CONTENT_LENGTH")
+        if not length_text or not length_text.isdigit() or int(length_text) > limit:
+            return app(environ, start_response)
+        length = int(length_text)
+        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            result = invoke(entry, body, environ.get("CONTENT_TYPE"), EnvironHeaders(environ))
+        except HTTPException as e:
+            return error_response(e)(environ, start_response)
+        except Exception as e:  # pragma: no cover - invoke() turns user errors into ModelError
+            logger.exception("unexpected error")
+            return error_response(InternalServerError(f"{type(e).__name__}: {e}"))(environ, start_response)
+        headers = [("Content-Type", result.content_type), ("Content-Length", str(len(result.body)))]
+        headers.extend(result.headers.items())
+        start_response(_REASONS.get(result.status) or f"{result.status} Status", headers)
+        return [result.body]
+
+    return wsgi

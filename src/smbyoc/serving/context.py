@@ -34,19 +34,26 @@ class RequestProperties(dict[str, str]):
 
 
 class RequestProcessor:
-    """One request's headers and the response headers/status the handler sets (MMS shape)."""
+    """One request's headers and the response headers/status the handler sets (MMS shape).
 
-    def __init__(self, headers: RequestProperties) -> None:
-        self._request = headers
+    The headers are copied into a :class:`RequestProperties` only when user code asks for them: most
+    requests never look, and the copy is measurable on the hot path."""
+
+    def __init__(self, headers: RequestProperties | Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
+        self._source = headers
+        self._request: RequestProperties | None = headers if isinstance(headers, RequestProperties) else None
         self.response_headers: dict[str, str] = {}
         self.status_code: int | None = None
         self.reason_phrase: str | None = None
 
     def get_request_properties(self) -> RequestProperties:
+        if self._request is None:
+            source = self._source
+            self._request = RequestProperties(source.items() if isinstance(source, Mapping) else source)
         return self._request
 
     def get_request_property(self, key: str) -> str | None:
-        value: str | None = self._request.get(key)
+        value: str | None = self.get_request_properties().get(key)
         return value
 
     def add_response_property(self, key: str, value: str) -> None:
@@ -71,7 +78,6 @@ class Context:
         *,
         gpu_id: int | None = None,
     ) -> None:
-        items = headers.items() if isinstance(headers, Mapping) else headers
         self.model_name = model_name
         self.system_properties: dict[str, Any] = {
             "model_dir": model_dir,
@@ -80,7 +86,7 @@ class Context:
             "server_name": "smbyoc",
             "server_version": "1",
         }
-        self.request_processor = [RequestProcessor(RequestProperties(items))]
+        self.request_processor = [RequestProcessor(headers)]
         self.metrics: Any = None
         self.manifest: dict[str, Any] = {"model": {"modelName": model_name}}
 

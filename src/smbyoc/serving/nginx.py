@@ -47,7 +47,7 @@ def render_nginx_conf(
         "socket": str(socket_path),
         "ready_file": str(runtime_dir / READY_FILE),
         "error_log_level": "warn",
-        "access_log": "/dev/stdout combined" if access_log else "off",
+        "access_log": "/dev/stdout combined buffer=64k flush=1s" if access_log else "off",
         "upstream_keepalive": str(max(16, env.workers * env.threads * 4)),
         "listen": listen_address(env.host, env.port),
         "max_body_bytes": str(env.max_payload_bytes),

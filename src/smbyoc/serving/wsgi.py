@@ -20,7 +20,7 @@ from typing import Any
 from flask import Flask
 
 from smbyoc.logs import configure_logging
-from smbyoc.serving.app import create_app
+from smbyoc.serving.app import create_app, fast_path
 from smbyoc.serving.env import ServingEnv
 from smbyoc.serving.handler import Handler
 from smbyoc.serving.model_holder import DEFAULT_MODEL, ModelHolder
@@ -40,11 +40,13 @@ def build(env: ServingEnv | None = None) -> tuple[Flask, ModelHolder]:
     return create_app(env, holder), holder
 
 
-def create_wsgi_app() -> Flask:
-    """gunicorn app factory (runs once in the master with ``--preload``)."""
+def create_wsgi_app() -> Any:
+    """gunicorn app factory (runs once in the master with ``--preload``): the Flask app behind
+    :func:`smbyoc.serving.app.fast_path`."""
     env = ServingEnv.from_env()
     configure_logging(env.log_level)
-    app, holder = build(env)
+    flask_app, holder = build(env)
+    app = fast_path(env, holder, flask_app)
     _state["holder"] = holder
     _state["runtime_dir"] = env.runtime_dir if env.use_nginx and not env.multi_model else None
     _state["behind_nginx"] = env.use_nginx
@@ -99,12 +101,91 @@ def install_fast_close() -> None:
     util.close_graceful = close_without_linger
 
 
+def install_single_write() -> None:
+    """Send a plain response's headers and its first body bytes with one write instead of two.
+
+    gunicorn's ``Response.write`` sends the header block and the body with separate ``sendall`` calls:
+    two system calls and two wake-ups of nginx per request. For the first write of a response that is
+    neither chunked, nor body-less, nor longer than its Content-Length, this sends both at once with the
+    same bytes and bookkeeping; every other case (and ``sendfile``, ``close``) stays gunicorn's own.
+    """
+    from gunicorn import util
+    from gunicorn.http import wsgi as gwsgi
+
+    response = gwsgi.Response
+    if getattr(response, "_smbyoc_single_write", False):
+        return
+    original_write = response.write
+
+    def write(self: Any, arg: Any) -> None:
+        if (self.headers_sent or self.chunked or not isinstance(arg, bytes) or not arg
+                or getattr(self, "_omits_body", False)
+                or (self.response_length is not None and self.sent + len(arg) > self.response_length)):
+            original_write(self, arg)
+            return
+        tosend = self.default_headers()
+        tosend.extend([f"{k}: {v}\r\n" for k, v in self.headers])
+        head = util.to_bytestring("{}\r\n".format("".join(tosend)), "latin-1")
+        self.headers_sent = True
+        self.sent += len(arg)
+        util.write(self.sock, head + arg)
+
+    response.write = write
+    response._smbyoc_single_write = True
+
+
+def install_date_cache() -> None:
+    """Format the ``Date`` header once per second instead of once per response (it has 1-s resolution)."""
+    import time
+
+    from gunicorn import util
+
+    original = util.http_date
+    if getattr(original, "_smbyoc_cached", False):
+        return
+    cache: list[Any] = [None, ""]
+
+    def http_date(timestamp: float | None = None) -> str:
+        if timestamp is not None:
+            return str(original(timestamp))
+        now = int(time.time())
+        if cache[0] != now:
+            cache[0], cache[1] = now, original(now)
+        return str(cache[1])
+
+    http_date._smbyoc_cached = True  # type: ignore[attr-defined]
+    util.http_date = http_date
+
+
+def throttle_heartbeat(worker: Any, every: float = 1.0) -> None:
+    """Touch the worker's heartbeat file at most once a second instead of once per request.
+
+    gunicorn's master kills a worker whose heartbeat is older than ``--timeout`` (60 s); a sync worker
+    updates it (a ``utime`` system call) on every pass of its accept loop, which shows in profiles.
+    """
+    import time
+
+    original = worker.notify
+    last = [0.0]
+
+    def notify() -> None:
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            original()
+
+    worker.notify = notify
+
+
 # ------------------------------------------------------------------------------ gunicorn server hooks
 
 
 def post_worker_init(worker: Any) -> None:
     if _state.get("behind_nginx") and type(worker).__name__ == "SyncWorker":
         install_fast_close()
+        install_single_write()
+    install_date_cache()
+    throttle_heartbeat(worker)
     load_models()
 
 
