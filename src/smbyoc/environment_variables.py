@@ -306,7 +306,7 @@ DOCKER_HOST = _declare(EnvVar[str | None](
 SMBYOC_STATE_DIR = _declare(EnvVar[str | None](
     "SMBYOC_STATE_DIR", parse_optional_str, None,
     "Where running emulated jobs are recorded for `smbyoc stop`.", "emulator", "user",
-    default_text="<temp dir>/smbyoc-<uid>"))
+    default_text="$XDG_RUNTIME_DIR/smbyoc or ~/.local/state/smbyoc"))
 SMBYOC_CACHE_DIR = _declare(EnvVar[str | None](
     "SMBYOC_CACHE_DIR", parse_optional_str, None,
     "Cache of resolved wheelhouses, smbyoc wheels and base root file systems.", "emulator", "user",

@@ -60,5 +60,6 @@ def test_default_model_serves_accurate_predictions(
         assert len(predicted) == len(labels)
         accuracy = sum(p == t for p, t in zip(predicted, labels, strict=True)) / len(labels)
         assert accuracy >= 0.9, accuracy
-        one = invoke(endpoint.url, json.dumps({"instances": [[float(x) for x in features[0].split(",")]]}).encode())
+        one = invoke(endpoint.url, json.dumps({"instances": [[float(x) for x in features[0].split(",")]]}).encode(),
+                     content_type="application/json")
         assert json.loads(one.body)["predictions"][0]["label"] == predicted[0]

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,16 @@ from smbyoc.errors import ConfigError
 
 
 def state_dir() -> Path:
+    """``SMBYOC_STATE_DIR``, else ``$XDG_RUNTIME_DIR/smbyoc``, else ``$XDG_STATE_HOME/smbyoc``
+    (``~/.local/state/smbyoc``)."""
     configured = SMBYOC_STATE_DIR.get()
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / f"smbyoc-{os.getuid()}"
+    if configured:
+        return Path(configured)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "smbyoc"
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "smbyoc"
 
 
 def _record(job_name: str) -> Path:
