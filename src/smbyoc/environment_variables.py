@@ -277,9 +277,10 @@ SAGEMAKER_USE_NGINX = _declare(EnvVar(
     "When false, gunicorn binds the port itself with no nginx in front (as `serve --no-nginx`).",
     "serving", "user", type_name="boolean"))
 SMBYOC_GUNICORN_WORKER_CLASS = _declare(EnvVar(
-    "SMBYOC_GUNICORN_WORKER_CLASS", choice_parser("sync", "gthread"), "sync",
-    "gunicorn worker class of `serve` (docs/serving.md explains the measured choice).",
-    "serving", "user", type_name="sync|gthread"))
+    "SMBYOC_GUNICORN_WORKER_CLASS", choice_parser("auto", "upstream", "sync", "gthread"), "auto",
+    "gunicorn worker class of `serve`: `auto` is smbyoc's `upstream` worker behind nginx and gunicorn's "
+    "`sync` without nginx (docs/serving.md explains the measured choice).",
+    "serving", "user", type_name="auto|upstream|sync|gthread"))
 SMBYOC_GUNICORN_THREADS = _declare(EnvVar(
     "SMBYOC_GUNICORN_THREADS", int_parser(1, 256), 4,
     "Threads per gunicorn worker with the `gthread` worker class (a spare thread keeps `/ping` fast "

@@ -14,6 +14,7 @@ from smbyoc.serving.env import ServingEnv
 from smbyoc.serving.gunicorn import gunicorn_argv
 from smbyoc.serving.nginx import load_template, render_nginx_conf
 from smbyoc.serving.ports import free_port, next_safe_port, port_is_free
+from smbyoc.serving.supervisor import prepare
 
 
 def test_env_defaults_and_values(tmp_path: Path) -> None:
@@ -75,10 +76,31 @@ def test_gunicorn_argv(tmp_path: Path) -> None:
     assert argv[:3] == ["py", "-m", "gunicorn"]
     pairs = dict(zip(argv, argv[1:], strict=False))
     assert pairs["--bind"] == f"unix:{tmp_path}/g.sock" and pairs["--workers"] == "3" and pairs["--timeout"] == "33"
-    assert pairs["--worker-class"] == "sync" and "--threads" not in argv
+    assert pairs["--worker-class"] == "smbyoc.serving.worker.UpstreamWorker" and "--threads" not in argv
     assert "--preload" in argv and argv[-1] == "smbyoc.serving.wsgi:create_wsgi_app()"
     direct = gunicorn_argv(ServingEnv(port=9001, host="127.0.0.1", worker_class="gthread"), tmp_path, None)
     assert "127.0.0.1:9001" in direct and "--threads" in direct
+
+
+@pytest.mark.parametrize(("setting", "use_nginx", "expected"), [
+    ("auto", True, "smbyoc.serving.worker.UpstreamWorker"),
+    ("auto", False, "sync"),
+    ("sync", True, "sync"),
+    ("gthread", True, "gthread"),
+    ("upstream", True, "smbyoc.serving.worker.UpstreamWorker"),
+])
+def test_worker_class_choice(tmp_path: Path, setting: str, use_nginx: bool, expected: str) -> None:
+    env = ServingEnv.from_env({"SMBYOC_GUNICORN_WORKER_CLASS": setting, "SAGEMAKER_USE_NGINX": str(use_nginx)})
+    argv = gunicorn_argv(env, tmp_path, tmp_path / "g.sock" if use_nginx else None)
+    assert dict(zip(argv, argv[1:], strict=False))["--worker-class"] == expected
+
+
+def test_upstream_worker_without_nginx_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    env = ServingEnv.from_env({"SMBYOC_GUNICORN_WORKER_CLASS": "upstream", "SAGEMAKER_USE_NGINX": "false",
+                               "SMBYOC_SERVE_RUNTIME_DIR": str(tmp_path / "rt")})
+    with pytest.raises(ConfigError, match="SMBYOC_GUNICORN_WORKER_CLASS.*only serves requests from nginx"):
+        prepare(env)
+    assert not (tmp_path / "rt").exists()
 
 
 def test_ports(tmp_path: Path) -> None:

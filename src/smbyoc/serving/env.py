@@ -45,7 +45,7 @@ class ServingEnv:
     max_concurrent_transforms: int | None = None
     use_nginx: bool = True
     log_level: int = 20
-    worker_class: str = "sync"
+    worker_class: str = "auto"
     threads: int = 4
     runtime_dir: Path | None = None
     onnx_threads: int | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from smbyoc.errors import ConfigError
 from smbyoc.serving.env import ServingEnv
 
 WSGI_APP = "smbyoc.serving.wsgi:create_wsgi_app()"
@@ -14,6 +15,9 @@ GRACEFUL_TIMEOUT = 25
 #: Longer than nginx's upstream keepalive_timeout (60 s), so nginx closes idle connections first.
 KEEP_ALIVE = 75
 
+#: gunicorn's ``--worker-class`` for each value of SMBYOC_GUNICORN_WORKER_CLASS.
+WORKER_CLASSES = {"upstream": "smbyoc.serving.worker.UpstreamWorker", "sync": "sync", "gthread": "gthread"}
+
 _LEVELS = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 
 
@@ -22,6 +26,19 @@ def gunicorn_log_level(level: int) -> str:
         if level >= threshold:
             return _LEVELS[threshold]
     return "debug"
+
+
+def worker_class(env: ServingEnv) -> str:
+    """The worker class ``serve`` runs: ``auto`` is ``upstream`` behind nginx and gunicorn's ``sync``
+    without it (``upstream`` only ever talks to nginx; docs/serving.md)."""
+    if env.worker_class == "auto":
+        return "upstream" if env.use_nginx else "sync"
+    if env.worker_class == "upstream" and not env.use_nginx:
+        raise ConfigError(
+            "the upstream worker only serves requests from nginx; use sync or gthread without nginx",
+            key="environment variable SMBYOC_GUNICORN_WORKER_CLASS",
+        )
+    return env.worker_class
 
 
 def bind_address(env: ServingEnv, socket_path: Path | None) -> str:
@@ -35,12 +52,13 @@ def gunicorn_argv(
     env: ServingEnv, runtime_dir: Path, socket_path: Path | None, *, python: str | None = None
 ) -> list[str]:
     """argv for gunicorn: unix socket behind nginx, or the port itself when ``socket_path`` is None."""
+    kind = worker_class(env)
     argv = [
         python or sys.executable, "-m", "gunicorn",
         "--config", CONFIG,
         "--bind", bind_address(env, socket_path),
         "--workers", str(env.workers),
-        "--worker-class", env.worker_class,
+        "--worker-class", WORKER_CLASSES[kind],
         "--timeout", str(env.timeout),
         "--graceful-timeout", str(GRACEFUL_TIMEOUT),
         "--keep-alive", str(KEEP_ALIVE),
@@ -51,7 +69,7 @@ def gunicorn_argv(
         "--backlog", "1024",
         "--no-control-socket",
     ]
-    if env.worker_class == "gthread":
+    if kind == "gthread":
         argv += ["--threads", str(env.threads)]
     if socket_path is None:
         argv += ["--access-logfile", "-", "--limit-request-line", "8190"]

@@ -28,7 +28,7 @@ from pathlib import Path
 from smbyoc.errors import ServingError
 from smbyoc.exit_codes import from_returncode
 from smbyoc.serving.env import ServingEnv
-from smbyoc.serving.gunicorn import gunicorn_argv
+from smbyoc.serving.gunicorn import gunicorn_argv, worker_class
 from smbyoc.serving.nginx import nginx_argv, render_nginx_conf
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class ServePlan:
 
 def prepare(env: ServingEnv, *, nginx_bin: str = "nginx") -> ServePlan:
     """Create the runtime directory and write nginx.conf (when nginx is used)."""
+    worker_class(env)  # a bad combination fails here, before anything is created
     if env.runtime_dir is not None:
         runtime_dir, owned = env.runtime_dir, False
         runtime_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,330 @@
+"""``upstream``: a gunicorn worker for the one client it ever has, nginx on a private unix socket.
+
+Behind nginx, every request a worker sees was already parsed, checked and fully buffered by nginx
+(``proxy_request_buffering on``: a request body always arrives whole, with a ``Content-Length``, never
+chunked) and arrives over a socket in ``serve``'s private runtime directory. gunicorn's sync worker
+still treats each of those requests as if it came from the internet: a general HTTP parser with every
+check, a ``Request`` and a ``Response`` object, a body reader, and a lingering close. In a profile at
+concurrency 8 that machinery took more of a worker's time than the model (docs/serving.md).
+
+This worker keeps everything of gunicorn that matters for running workers — the master, worker
+restarts, heartbeat timeouts, graceful SIGTERM, ``max_requests``, the server hooks — and replaces the
+per-request part with a small HTTP/1.x reader for requests of that one shape and a writer that sends
+each response with one write, then closes (``Connection: close``; one connection per request, so that
+all workers share one accept queue and a request never waits behind another worker's). Anything that
+does not fit that shape is answered with a 4xx/5xx JSON error, never guessed at. It is only used behind
+nginx; ``serve --no-nginx`` keeps gunicorn's own sync worker facing clients directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import logging
+import os
+import select
+import sys
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from gunicorn.workers import base
+
+from smbyoc import environment_variables as ev
+
+logger = logging.getLogger(__name__)
+
+#: The most a request head (request line + headers) may take; nginx's own default is 4 buffers of 8 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+_RECV = 64 * 1024
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+                         "trailers", "transfer-encoding", "upgrade"})
+_NO_BODY_STATUS = ("1", "204", "304")
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_SPECIAL_HEADERS = {"CONTENT-TYPE": "CONTENT_TYPE", "CONTENT-LENGTH": "CONTENT_LENGTH"}
+
+
+class BadRequest(Exception):
+    """A request this worker will not serve; ``status`` is the answer it gets."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection before a whole request arrived."""
+
+
+def error_bytes(status: int, message: str) -> bytes:
+    """A complete HTTP response with the JSON error body every other route also uses."""
+    reason = _REASONS.get(status, "Error")
+    body = json.dumps({"error": reason, "message": message, "status": status}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1") + body
+
+
+def read_head(recv: Callable[[int], bytes]) -> tuple[bytes, bytes]:
+    """Read up to the end of the request head; returns ``(head, the bytes after it)``."""
+    data = recv(_RECV)
+    if not data:
+        raise ConnectionClosed
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end > MAX_HEAD_BYTES or (end < 0 and len(data) > MAX_HEAD_BYTES):
+            raise BadRequest(f"request head larger than {MAX_HEAD_BYTES} bytes", 431)
+        if end >= 0:
+            return data[:end], data[end + 4:]
+        more = recv(_RECV)
+        if not more:
+            raise ConnectionClosed
+        data += more
+
+
+def parse_head(head: bytes, server: tuple[str, str]) -> dict[str, Any]:
+    """The WSGI environ (without ``wsgi.input``) of a request head, PEP 3333 rules.
+
+    Raises :class:`BadRequest` for anything malformed: a request line that is not ``METHOD TARGET
+    HTTP/1.x``, a header line without a name, folded lines, a bad or repeated Content-Length, and any
+    ``Transfer-Encoding`` (nginx always sends a buffered body with a length, so there is none to decode).
+    """
+    text = head.decode("latin-1")
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+        raise BadRequest(f"malformed request line {lines[0][:100]!r}")
+    method, target, protocol = parts
+    if not target.startswith("/"):
+        if "://" not in target:
+            raise BadRequest(f"malformed request target {target[:100]!r}")
+        target = "/" + target.split("://", 1)[1].partition("/")[2]
+    path, _, query = target.partition("?")
+    path = path.partition("#")[0]
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1") if "%" in path else path,
+        "QUERY_STRING": query,
+        "RAW_URI": target,
+        "REQUEST_URI": target,
+        "SERVER_PROTOCOL": protocol,
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": server[1],
+        "REMOTE_ADDR": "",
+    }
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name[0] in " \t" or name[-1] in " \t":
+            raise BadRequest(f"malformed header line {line[:100]!r}")
+        upper = name.upper()
+        if "_" in upper:  # as nginx and gunicorn: never let X_Forwarded_For pose as X-Forwarded-For
+            continue
+        key = _SPECIAL_HEADERS.get(upper) or "HTTP_" + upper.replace("-", "_")
+        value = value.strip(" \t")
+        if key in environ:
+            if key == "CONTENT_LENGTH":
+                raise BadRequest("more than one Content-Length header")
+            value = f"{environ[key]},{value}"
+        environ[key] = value
+    if "HTTP_TRANSFER_ENCODING" in environ:
+        raise BadRequest("Transfer-Encoding is not accepted here (nginx sends buffered bodies)", 501)
+    length = environ.get("CONTENT_LENGTH")
+    if length is not None and not length.isdigit():
+        raise BadRequest(f"bad Content-Length {length[:40]!r}")
+    return environ
+
+
+def read_body(recv_into: Callable[[memoryview], int], start: bytes, length: int) -> bytes:
+    """``length`` bytes of body, of which ``start`` already arrived with the head."""
+    if len(start) >= length:
+        return start[:length]
+    buffer = bytearray(length)
+    buffer[: len(start)] = start
+    view = memoryview(buffer)
+    got = len(start)
+    while got < length:
+        n = recv_into(view[got:])
+        if not n:
+            raise ConnectionClosed
+        got += n
+    return bytes(buffer)
+
+
+def response_head(status: str, headers: list[tuple[str, str]], date: str | None = None) -> bytes:
+    """The response head: the application's headers less hop-by-hop ones, then ``Connection: close``.
+
+    A CR or LF inside a name or value (header injection) raises ``ValueError``.
+    """
+    kept = [f"{name}: {value}\r\n" for name, value in headers if name.lower() not in _HOP_BY_HOP]
+    text = "".join(kept)
+    if text.count("\n") != len(kept) or text.count("\r") != len(kept):
+        raise ValueError("a response header name or value contains CR or LF")
+    dated = f"Date: {date}\r\n" if date else ""
+    return f"HTTP/1.1 {status}\r\n{text}{dated}Connection: close\r\n\r\n".encode("latin-1")
+
+
+class ResponseWriter:
+    """``start_response`` and the response's bytes for one request; the head leaves with the first body
+    bytes in one write (the whole response, for an application that returns one body string)."""
+
+    __slots__ = ("_date", "_send", "head_only", "headers", "sent_head", "status")
+
+    def __init__(self, send: Callable[[bytes], Any], date: Callable[[], str], head_only: bool) -> None:
+        self._send = send
+        self._date = date
+        self.head_only = head_only
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.sent_head = False
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.sent_head:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called twice without exc_info")
+        self.status = status
+        self.headers = headers
+        if status.startswith(_NO_BODY_STATUS):
+            self.head_only = True
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        if self.status is None:
+            raise AssertionError("write() before start_response()")
+        if not self.sent_head:
+            head = response_head(self.status, self.headers, self._date())
+            self.sent_head = True
+            self._send(head if self.head_only else head + data)
+        elif data and not self.head_only:
+            self._send(data)
+
+    def finish(self, result: Iterable[bytes]) -> None:
+        """Send what the application returned; a one-element list goes out with the head in one write."""
+        if not self.sent_head and isinstance(result, (list, tuple)) and self.status is not None:
+            body = b"".join(result)
+            if not any(name.lower() == "content-length" for name, _ in self.headers):
+                self.headers = [*self.headers, ("Content-Length", str(len(body)))]
+            self.write(body)
+            return
+        for chunk in result:
+            if chunk:
+                self.write(chunk)
+        if not self.sent_head:
+            self.write(b"")
+
+
+class UpstreamWorker(base.Worker):  # type: ignore[misc]
+    """gunicorn worker class ``smbyoc.serving.worker.UpstreamWorker`` (module docstring)."""
+
+    alive: bool
+    nr: int
+
+    def run(self) -> None:
+        timeout = self.timeout or 0.5
+        for listener in self.sockets:
+            listener.setblocking(False)
+        listeners = [listener.sock for listener in self.sockets]
+        server = ("localhost", str(ev.SAGEMAKER_BIND_TO_PORT.get(os.environ)))
+        while self.alive:
+            self.notify()
+            served = False
+            for listener in listeners:
+                try:
+                    client, _ = listener.accept()
+                except OSError as e:
+                    if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                        raise
+                    continue
+                served = True
+                self.handle(client, server)
+                self.nr += 1
+                if self.nr >= self.max_requests:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                    break
+            if served or not self.alive:
+                continue
+            if self.ppid != os.getppid():
+                self.log.info("Parent changed, shutting down: %s", self)
+                return
+            try:
+                ready = select.select(self.wait_fds, [], [], timeout)[0]
+            except OSError as e:
+                if e.args[0] == errno.EINTR:
+                    continue
+                if e.args[0] == errno.EBADF and self.nr >= 0:
+                    return
+                raise
+            if self.PIPE[0] in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.PIPE[0], 64)
+
+    def handle(self, client: Any, server: tuple[str, str]) -> None:
+        client.setblocking(True)
+        try:
+            try:
+                head, rest = read_head(client.recv)
+                environ = parse_head(head, server)
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                body = read_body(client.recv_into, rest, length) if length else b""
+            except BadRequest as e:
+                logger.warning("rejected a request from nginx: %s", e)
+                client.sendall(error_bytes(e.status, str(e)))
+                return
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ.update(self._constant_environ)
+            self.serve_request(client, environ)
+        except ConnectionClosed:
+            logger.debug("the peer closed the connection before a whole request arrived")
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                logger.exception("socket error while serving a request")
+        finally:
+            with contextlib.suppress(OSError):
+                client.close()
+
+    def serve_request(self, client: Any, environ: dict[str, Any]) -> None:
+        """Run the application for one parsed request and send its answer."""
+        from gunicorn import util  # its http_date, which serve's hooks cache per second
+
+        writer = ResponseWriter(client.sendall, util.http_date, environ["REQUEST_METHOD"] == "HEAD")
+        result: Any = None
+        try:
+            result = self.wsgi(environ, writer.start_response)
+            writer.finish(result)
+        except OSError:
+            raise
+        except Exception as e:
+            logger.exception("error while serving %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
+            if not writer.sent_head:
+                client.sendall(error_bytes(500, f"{type(e).__name__}: {e}"))
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    @property
+    def _constant_environ(self) -> dict[str, Any]:
+        cached: dict[str, Any] | None = self.__dict__.get("_constant")
+        if cached is None:
+            cached = {
+                "wsgi.version": (1, 0),
+                "wsgi.url_scheme": "http",
+                "wsgi.errors": sys.stderr,
+                "wsgi.multithread": False,
+                "wsgi.multiprocess": self.cfg.workers > 1,
+                "wsgi.run_once": False,
+                "wsgi.input_terminated": True,
+                "SERVER_SOFTWARE": "smbyoc",
+            }
+            self.__dict__["_constant"] = cached
+        return cached
