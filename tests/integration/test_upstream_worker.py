@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from tests.integration.serve_support import start_server, wait_for, write_linear_onnx
 
 pytestmark = pytest.mark.integration
@@ -95,7 +94,9 @@ class Gunicorn:
                 chunks.append(chunk)
         return b"".join(chunks)
 
-    def request(self, method: str, path: str, body: bytes = b"", headers: str = "") -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self, method: str, path: str, body: bytes = b"", headers: str = ""
+    ) -> tuple[int, dict[str, str], bytes]:
         head = f"{method} {path} HTTP/1.1\r\nHost: probe\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
         return parse(self.raw(head.encode("latin-1") + body))
 
@@ -134,8 +135,8 @@ def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
 
 def test_environ_and_body(gunicorn: Gunicorn) -> None:
     body = b'{"x": 1}' + b" " * 200_000  # several reads
-    status, headers, out = gunicorn.request("POST", "/echo?a=1&b=%20", body,
-                                            "Content-Type: application/json\r\nX-Amzn-SageMaker-Custom-Attributes: k=v\r\n")
+    extra = "Content-Type: application/json\r\nX-Amzn-SageMaker-Custom-Attributes: k=v\r\n"
+    status, headers, out = gunicorn.request("POST", "/echo?a=1&b=%20", body, extra)
     assert status == 200 and headers["connection"] == "close" and headers["date"]
     data = json.loads(out)
     env = data["environ"]
@@ -217,7 +218,8 @@ def test_request_timeout_kills_the_worker_not_the_server(gunicorn: Gunicorn) -> 
 def test_serve_behind_nginx_uses_it_and_sync_stays_selectable(tmp_path: Path) -> None:
     base = tmp_path / "ml"
     write_linear_onnx(base / "model" / "model.onnx")
-    for setting, worker in (("auto", "Using worker: smbyoc.serving.worker.UpstreamWorker"), ("sync", "Using worker: sync")):
+    for setting, worker in (("auto", "Using worker: smbyoc.serving.worker.UpstreamWorker"),
+                            ("sync", "Using worker: sync")):
         server = start_server(base, tmp_path, {"SMBYOC_GUNICORN_WORKER_CLASS": setting})
         try:
             server.wait_ready()

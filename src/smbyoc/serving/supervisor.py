@@ -19,8 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +193,9 @@ def start_serve(
 
 def ping(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     """``GET <url>/ping``: the status and body (status 0 when the connection fails)."""
+    import urllib.error  # here, not at the top: urllib.request costs ~40 ms that `serve` never needs
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=timeout) as response:
             return int(response.status), response.read()
