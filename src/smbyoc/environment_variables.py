@@ -115,6 +115,16 @@ def optional_int_parser(
     return parse
 
 
+def parse_nginx_worker_processes(value: str) -> str | None:
+    """``auto`` (nginx's one per CPU) or a count of nginx worker processes."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return str(int_parser(1, 1024)(value))
+    except _ParseError as e:
+        raise _ParseError(f"{e} (or auto)") from None
+
+
 def float_parser(minimum: float | None = None) -> Callable[[str], float]:
     def parse(value: str) -> float:
         try:
@@ -281,6 +291,11 @@ SMBYOC_GUNICORN_WORKER_CLASS = _declare(EnvVar(
     "gunicorn worker class of `serve`: `auto` is smbyoc's `upstream` worker behind nginx and gunicorn's "
     "`sync` without nginx (docs/serving.md explains the measured choice).",
     "serving", "user", type_name="auto|upstream|sync|gthread"))
+SMBYOC_NGINX_WORKER_PROCESSES = _declare(EnvVar[str | None](
+    "SMBYOC_NGINX_WORKER_PROCESSES", parse_nginx_worker_processes, None,
+    "nginx worker processes of `serve`: a count or `auto` (one per CPU). One nginx worker proxies far more "
+    "requests than a Python worker serves; more only take CPU from the model (docs/serving.md).",
+    "serving", "user", type_name="integer|auto", default_text="CPU count / 4, at least 1"))
 SMBYOC_GUNICORN_THREADS = _declare(EnvVar(
     "SMBYOC_GUNICORN_THREADS", int_parser(1, 256), 4,
     "Threads per gunicorn worker with the `gthread` worker class (a spare thread keeps `/ping` fast "

@@ -114,3 +114,21 @@ def test_ports(tmp_path: Path) -> None:
     assert next_safe_port((20000, 20010), check=False) == 20000
     with pytest.raises(ServingError, match="20000-20001"):
         next_safe_port((20000, 20001), after=20001, check=False)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "1"), ("auto", "auto"), ("AUTO", "auto"), ("3", "3")])
+def test_nginx_worker_processes(tmp_path: Path, value: str | None, expected: str) -> None:
+    environ = {} if value is None else {"SMBYOC_NGINX_WORKER_PROCESSES": value}
+    env = ServingEnv.from_env(environ)
+    if value is None:  # default: a quarter of the CPUs, at least one
+        from smbyoc.serving.env import cpu_count
+
+        expected = str(max(1, cpu_count() // 4))
+    assert env.nginx_workers == expected
+    assert f"worker_processes {expected};" in render_nginx_conf(env, tmp_path, tmp_path / "g.sock")
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-2"])
+def test_nginx_worker_processes_rejects(value: str) -> None:
+    with pytest.raises(EnvVarError, match=f"SMBYOC_NGINX_WORKER_PROCESSES: '{value}' is not valid"):
+        ServingEnv.from_env({"SMBYOC_NGINX_WORKER_PROCESSES": value})

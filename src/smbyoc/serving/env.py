@@ -47,6 +47,7 @@ class ServingEnv:
     log_level: int = 20
     worker_class: str = "auto"
     threads: int = 4
+    nginx_workers: str = "1"
     runtime_dir: Path | None = None
     onnx_threads: int | None = None
     npy_allow_pickle: bool = False
@@ -80,6 +81,7 @@ class ServingEnv:
             log_level=ev.SAGEMAKER_CONTAINER_LOG_LEVEL.get(env),
             worker_class=ev.SMBYOC_GUNICORN_WORKER_CLASS.get(env),
             threads=ev.SMBYOC_GUNICORN_THREADS.get(env),
+            nginx_workers=ev.SMBYOC_NGINX_WORKER_PROCESSES.get(env) or str(max(1, cpu_count() // 4)),
             runtime_dir=Path(runtime_dir) if runtime_dir else None,
             onnx_threads=ev.SMBYOC_ONNX_THREADS.get(env),
             npy_allow_pickle=ev.SMBYOC_NPY_ALLOW_PICKLE.get(env),

@@ -42,7 +42,7 @@ def render_nginx_conf(
     root = os.geteuid() == 0 if as_root is None else as_root
     values = {
         "user_directive": "user root root;" if root else "# not root: no user directive",
-        "worker_processes": "auto",
+        "worker_processes": env.nginx_workers,
         "runtime_dir": str(runtime_dir),
         "socket": str(socket_path),
         "ready_file": str(runtime_dir / READY_FILE),
