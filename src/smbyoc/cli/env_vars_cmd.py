@@ -12,11 +12,14 @@ def markdown_table() -> str:
         "| Variable | Side | Set by | Type | Default | Meaning |",
         "|---|---|---|---|---|---|",
     ]
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")  # a bare | would end the cell (e.g. "sync|gthread")
+
     for var in REGISTRY.values():
         default = var.default_text if var.default_text is not None else var.default
         shown = "" if default is None or default == "" else f"`{default}`"
         lines.append(
-            f"| `{var.name}` | {var.scope} | {var.set_by} | {var.type_name} | {shown} | {var.help} |"
+            f"| `{var.name}` | {var.scope} | {var.set_by} | {cell(var.type_name)} | {cell(shown)} | {cell(var.help)} |"
         )
     return "\n".join(lines)
 
