@@ -182,10 +182,16 @@ def _session_alive(sid: int) -> bool:
     return False
 
 
-def start_smbyoc(model_file: Path, work: Path) -> Server:
+def start_smbyoc(
+    model_file: Path, work: Path, extra_env: dict[str, str] | None = None, code: str | None = None
+) -> Server:
+    """`serve` over a fresh model dir holding `model_file` as model.onnx (and `code` as code/inference.py)."""
     base = work / "opt_ml"
     (base / "model").mkdir(parents=True)
     shutil.copy(model_file, base / "model" / "model.onnx")
+    if code is not None:
+        (base / "model" / "code").mkdir()
+        (base / "model" / "code" / "inference.py").write_text(code)
     port = free_port()
     env = {
         **os.environ,
@@ -193,6 +199,7 @@ def start_smbyoc(model_file: Path, work: Path) -> Server:
         "SMBYOC_SERVE_HOST": "127.0.0.1",
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "SAGEMAKER_MODEL_SERVER_WORKERS": str(WORKERS),
+        **(extra_env or {}),
     }
     log = open(work / "serve.log", "ab")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(

@@ -12,10 +12,8 @@ over rounds; /ping columns pool the samples. Then, per class, /ping while both w
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -31,7 +29,6 @@ from serve_bench import (
     WORKERS,
     Server,
     compile_smbyoc,
-    free_port,
     load_avg,
     lua_script,
     make_matmul_model,
@@ -39,6 +36,7 @@ from serve_bench import (
     pinger,
     request,
     run_wrk,
+    start_smbyoc,
     time_startup,
 )
 
@@ -53,29 +51,14 @@ def transform_fn(model, body, content_type, accept):
 """
 
 
-def start(kind: str, base: Path, work: Path) -> Server:
-    port = free_port()
-    env = {
-        **os.environ,
-        "SAGEMAKER_BASE_DIR": str(base),
-        "SMBYOC_SERVE_HOST": "127.0.0.1",
-        "SAGEMAKER_BIND_TO_PORT": str(port),
-        "SAGEMAKER_MODEL_SERVER_WORKERS": str(WORKERS),
-        "SMBYOC_GUNICORN_WORKER_CLASS": kind,
-    }
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / "serve.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "smbyoc.serving.main"], env=env, stdout=log, stderr=log,
-                                start_new_session=True, cwd=work)
-    return Server(kind, port, proc, work)
+def start(kind: str, model_file: Path, work: Path, code: str | None = None) -> Server:
+    work.mkdir(parents=True)
+    return start_smbyoc(model_file, work, {"SMBYOC_GUNICORN_WORKER_CLASS": kind}, code)
 
 
 def busy_ping(kind: str, work: Path) -> list[float]:
     """/ping latencies (ms) while every worker sleeps in a 1-s prediction."""
-    base = work / "slow_ml"
-    (base / "model" / "code").mkdir(parents=True, exist_ok=True)
-    (base / "model" / "code" / "inference.py").write_text(textwrap.dedent(SLOW_HANDLER))
-    server = start(kind, base, work / f"slow-{kind}")
+    server = start(kind, work / "model.onnx", work / f"slow-{kind}", textwrap.dedent(SLOW_HANDLER))
     try:
         time_startup(server, time.monotonic(), b"[1]", "application/json")
         stop = threading.Event()
@@ -111,12 +94,10 @@ def main() -> int:
     busy: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="smbyoc-worker-bench-") as tmp:
         work = Path(tmp)
-        base = work / "ml"
-        (base / "model").mkdir(parents=True)
-        make_matmul_model(base / "model" / "model.onnx")
+        make_matmul_model(work / "model.onnx")
         script = work / "post.lua"
         lua_script(script, MODELS["matmul4x3"].json_body, "application/json")
-        servers = {kind: start(kind, base, work / kind) for kind in CLASSES}
+        servers = {kind: start(kind, work / "model.onnx", work / kind) for kind in CLASSES}
         try:
             for server in servers.values():
                 time_startup(server, time.monotonic(), MODELS["matmul4x3"].json_body, "application/json")

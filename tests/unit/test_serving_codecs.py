@@ -176,3 +176,37 @@ def test_simple_csv_fast_path_equals_genfromtxt(text: str) -> None:
     got = _csv(text)
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
+
+
+def _savetxt(array: np.ndarray) -> bytes:
+    stream = io.StringIO()
+    np.savetxt(stream, array, delimiter=",", fmt="%s")
+    return stream.getvalue().encode("utf-8")
+
+
+arrays = st.sampled_from([np.float32, np.float64, np.int64, np.int8, np.uint16, np.bool_]).flatmap(
+    lambda dtype: st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 5)).flatmap(
+        lambda shape: st.lists(
+            st.floats(allow_nan=True, allow_infinity=True, width=32) if dtype in (np.float32, np.float64)
+            else st.integers(0, 100) if dtype in (np.int8, np.uint16) else st.integers(-(2**40), 2**40)
+            if dtype is np.int64 else st.booleans(),
+            min_size=shape[1] * shape[2], max_size=shape[1] * shape[2],
+        ).map(lambda values: np.array(values, dtype=dtype).reshape(
+            (shape[1] * shape[2],) if shape[0] == 1 else (shape[1], shape[2])))
+    )
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays)
+def test_csv_encode_fast_path_equals_savetxt(array: np.ndarray) -> None:
+    assert codecs.encode_csv(array) == _savetxt(array)
+    assert codecs.encode_csv(array.tolist()) == _savetxt(np.asarray(array.tolist()))
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("obj", [np.array([[0.1, 0.2]], dtype=np.float32), np.array([1.5, 2.5]), [[1, 2], [3, 4]],
+                                 np.zeros((0, 3)), np.array([["a", "b"]]), np.array([1 + 2j])])
+def test_csv_encode_equals_sagemaker_inference(obj: object) -> None:
+    expected = it_encoder.encode(obj, "text/csv")
+    assert codecs.encode_csv(obj) == (expected.encode("utf-8") if isinstance(expected, str) else expected)

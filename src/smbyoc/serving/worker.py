@@ -229,11 +229,24 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
     nr: int
 
     def run(self) -> None:
+        from gunicorn import util  # its http_date, which serve's post_worker_init hook caches per second
+
+        self._http_date = util.http_date
+        server = ("localhost", str(ev.SAGEMAKER_BIND_TO_PORT.get(os.environ)))  # what clients connect to
+        self._base_environ = {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": self.cfg.workers > 1,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "SERVER_SOFTWARE": "smbyoc",
+        }
         timeout = self.timeout or 0.5
         for listener in self.sockets:
             listener.setblocking(False)
         listeners = [listener.sock for listener in self.sockets]
-        server = ("localhost", str(ev.SAGEMAKER_BIND_TO_PORT.get(os.environ)))
         while self.alive:
             self.notify()
             served = False
@@ -252,23 +265,24 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
                     self.alive = False
                     break
             if served or not self.alive:
-                continue
+                continue  # accept again before sleeping: under load the queue is rarely empty
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 return
             try:
                 ready = select.select(self.wait_fds, [], [], timeout)[0]
             except OSError as e:
-                if e.args[0] == errno.EINTR:
+                if e.errno == errno.EINTR:
                     continue
-                if e.args[0] == errno.EBADF and self.nr >= 0:
+                if e.errno == errno.EBADF:  # the listener was closed: the master is stopping us
                     return
                 raise
-            if self.PIPE[0] in ready:
+            if self.PIPE[0] in ready:  # a signal arrived (gunicorn's wake-up pipe)
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.PIPE[0], 64)
 
     def handle(self, client: Any, server: tuple[str, str]) -> None:
+        """Read one request from ``client``, answer it, close the connection."""
         client.setblocking(True)
         try:
             try:
@@ -277,11 +291,11 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
                 length = int(environ.get("CONTENT_LENGTH") or 0)
                 body = read_body(client.recv_into, rest, length) if length else b""
             except BadRequest as e:
-                logger.warning("rejected a request from nginx: %s", e)
+                logger.warning("rejected a request on the upstream socket: %s", e)
                 client.sendall(error_bytes(e.status, str(e)))
                 return
             environ["wsgi.input"] = io.BytesIO(body)
-            environ.update(self._constant_environ)
+            environ.update(self._base_environ)
             self.serve_request(client, environ)
         except ConnectionClosed:
             logger.debug("the peer closed the connection before a whole request arrived")
@@ -294,9 +308,7 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
 
     def serve_request(self, client: Any, environ: dict[str, Any]) -> None:
         """Run the application for one parsed request and send its answer."""
-        from gunicorn import util  # its http_date, which serve's hooks cache per second
-
-        writer = ResponseWriter(client.sendall, util.http_date, environ["REQUEST_METHOD"] == "HEAD")
+        writer = ResponseWriter(client.sendall, self._http_date, environ["REQUEST_METHOD"] == "HEAD")
         result: Any = None
         try:
             result = self.wsgi(environ, writer.start_response)
@@ -311,20 +323,3 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-
-    @property
-    def _constant_environ(self) -> dict[str, Any]:
-        cached: dict[str, Any] | None = self.__dict__.get("_constant")
-        if cached is None:
-            cached = {
-                "wsgi.version": (1, 0),
-                "wsgi.url_scheme": "http",
-                "wsgi.errors": sys.stderr,
-                "wsgi.multithread": False,
-                "wsgi.multiprocess": self.cfg.workers > 1,
-                "wsgi.run_once": False,
-                "wsgi.input_terminated": True,
-                "SERVER_SOFTWARE": "smbyoc",
-            }
-            self.__dict__["_constant"] = cached
-        return cached
