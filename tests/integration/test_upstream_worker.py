@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from tests.integration.serve_support import start_server, wait_for, write_linear_onnx
+from serve_support import start_server, wait_for, write_linear_onnx
 
 pytestmark = pytest.mark.integration
 
