@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smbyoc.serving.app import create_app, fast_path
+from smbyoc.serving.app import create_app
 from smbyoc.serving.env import ServingEnv
+from smbyoc.serving.fast_path import fast_path
 from smbyoc.serving.handler import Handler
 from smbyoc.serving.model_holder import DEFAULT_MODEL, ModelHolder, ModelState
 
@@ -278,7 +279,7 @@ def test_fast_path_answers_hot_requests_itself_and_hands_the_rest_to_flask(tmp_p
     from werkzeug.test import Client
 
     write_module(tmp_path, TRIO)
-    env = make_env(tmp_path)
+    env = make_env(tmp_path, SAGEMAKER_MODEL_SERVER_TIMEOUT=1)  # the not-loaded invocation waits 1 s
     holder = ModelHolder()
     holder.add(DEFAULT_MODEL, Handler(env))
     flask_app = create_app(env, holder)
@@ -289,7 +290,9 @@ def test_fast_path_answers_hot_requests_itself_and_hands_the_rest_to_flask(tmp_p
         return flask_app(environ, start_response)
 
     client = Client(fast_path(env, holder, counting))
-    assert client.get("/ping").status_code == 503  # not loaded yet: Flask explains why
+    r = client.get("/ping")
+    assert r.status_code == 503 and r.json["status"] == "Unhealthy"  # not loaded yet, answered without Flask
+    assert client.post("/invocations", data="[1]", content_type="application/json").status_code == 503  # by Flask
     holder.load(DEFAULT_MODEL)
     assert client.get("/ping").status_code == 200
     r = client.post("/invocations", data="[1, 2]", content_type="application/json")
@@ -297,4 +300,4 @@ def test_fast_path_answers_hot_requests_itself_and_hands_the_rest_to_flask(tmp_p
     assert client.post("/invocations", data="[1", content_type="application/json").status_code == 500
     assert client.get("/execution-parameters").status_code == 200
     assert client.get("/nope").status_code == 404
-    assert calls == ["/ping", "/execution-parameters", "/nope"]
+    assert calls == ["/invocations", "/execution-parameters", "/nope"]

@@ -1,8 +1,11 @@
 """gunicorn entry: the app factory and the server hooks (``--config python:smbyoc.serving.wsgi``).
 
-With ``--preload`` the master imports Flask, numpy and the app once (``create_wsgi_app``), so forked
-workers — including ones restarted after a crash — are serving within milliseconds. The model is
-*not* loaded in the master: every worker loads its own copy after the fork, in a background thread
+With ``--preload`` the master imports numpy, werkzeug and the request path once (``create_wsgi_app``),
+so forked workers — including ones restarted after a crash — are serving within milliseconds. Flask
+itself (about 60 ms of imports) is left out of that start-up path: the fast path answers ``/ping`` and
+the invocations of a loaded model without it, and each worker builds the Flask app right after its model
+loaded, or at the first request that needs it, whichever comes first. The model is *not* loaded in the
+master: every worker loads its own copy after the fork, in a background thread
 (:func:`post_worker_init`), because runtimes such as onnxruntime and torch do not survive ``fork`` with
 their thread pools (importing onnxruntime before the fork even makes workers abort at exit),
 and so that ``/ping`` answers 503 "loading" at once instead of hanging.
@@ -17,11 +20,9 @@ import socket
 import threading
 from typing import Any
 
-from flask import Flask
-
 from smbyoc.logs import configure_logging
-from smbyoc.serving.app import create_app, fast_path
 from smbyoc.serving.env import ServingEnv
+from smbyoc.serving.fast_path import fast_path
 from smbyoc.serving.handler import Handler
 from smbyoc.serving.model_holder import DEFAULT_MODEL, ModelHolder
 from smbyoc.serving.nginx import READY_FILE
@@ -31,42 +32,68 @@ logger = logging.getLogger(__name__)
 _state: dict[str, Any] = {}
 
 
-def build(env: ServingEnv | None = None) -> tuple[Flask, ModelHolder]:
-    """The app and its holder with the default model added (not loaded)."""
+class LazyApp:
+    """The Flask app, built (and Flask imported) on first use; thread-safe."""
+
+    def __init__(self, env: ServingEnv, holder: ModelHolder) -> None:
+        self.env = env
+        self.holder = holder
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    def load(self) -> Any:
+        with self._lock:
+            if self._app is None:
+                from smbyoc.serving.app import create_app
+
+                self._app = create_app(self.env, self.holder)
+            return self._app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return (self._app or self.load())(environ, start_response)
+
+
+def build(env: ServingEnv | None = None) -> tuple[LazyApp, ModelHolder]:
+    """The (lazy) Flask app and its holder with the default model added (not loaded)."""
     env = env or ServingEnv.from_env()
     holder = ModelHolder()
     if not env.multi_model:
         holder.add(DEFAULT_MODEL, Handler(env, DEFAULT_MODEL))
-    return create_app(env, holder), holder
+    return LazyApp(env, holder), holder
 
 
 def create_wsgi_app() -> Any:
-    """gunicorn app factory (runs once in the master with ``--preload``): the Flask app behind
-    :func:`smbyoc.serving.app.fast_path`."""
+    """gunicorn app factory (runs once in the master with ``--preload``): the lazy Flask app behind
+    :func:`smbyoc.serving.fast_path.fast_path`."""
     env = ServingEnv.from_env()
     configure_logging(env.log_level)
     flask_app, holder = build(env)
     app = fast_path(env, holder, flask_app)
     _state["holder"] = holder
+    _state["flask_app"] = flask_app
     _state["runtime_dir"] = env.runtime_dir if env.use_nginx and not env.multi_model else None
     _state["behind_nginx"] = env.use_nginx
     return app
 
 
 def load_models() -> None:
-    """Start loading every held model in the background (called in each worker after the fork)."""
+    """Start loading every held model in the background (called in each worker after the fork); once they
+    are loaded, build the Flask app too (off the path to readiness)."""
     holder: ModelHolder | None = _state.get("holder")
     if holder is None:
         return
     runtime_dir = _state.get("runtime_dir")
+    flask_app: LazyApp | None = _state.get("flask_app")
 
-    def load(name: str) -> None:
-        entry = holder.load(name)
-        if entry.ready and runtime_dir is not None:
-            (runtime_dir / READY_FILE).touch()
+    def load(names: list[str]) -> None:
+        for name in names:
+            entry = holder.load(name)
+            if entry.ready and runtime_dir is not None:
+                (runtime_dir / READY_FILE).touch()
+        if flask_app is not None:
+            flask_app.load()
 
-    for name in holder.names():
-        threading.Thread(target=load, args=(name,), name=f"load-{name}", daemon=True).start()
+    threading.Thread(target=load, args=(holder.names(),), name="load-models", daemon=True).start()
 
 
 def close_without_linger(sock: socket.socket, *args: Any, **kwargs: Any) -> None:

@@ -1,0 +1,57 @@
+"""The WSGI entry of a worker: the hot requests answered directly, everything else by the Flask app."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from smbyoc.serving import codecs
+from smbyoc.serving.env import ServingEnv
+from smbyoc.serving.model_holder import DEFAULT_MODEL, ModelHolder
+from smbyoc.serving.responses import JSON_TYPE, REASONS, Ping, error_response, invoke
+
+logger = logging.getLogger(__name__)
+
+
+def fast_path(env: ServingEnv, holder: ModelHolder, app: Any) -> Any:
+    """A WSGI callable that answers the hot requests — ``GET /ping`` and ``POST /invocations`` of a loaded
+    model — without Flask's request machinery, and hands everything else (other routes, errors, a model
+    still loading, bodies without a length) to the Flask ``app``. The answers are the same; it saves
+    about a third of a worker's time per request (docs/serving.md, bench/README.md). ``/ping`` is always
+    answered here, so readiness never waits for Flask (which ``serve`` imports after the model loaded)."""
+    codecs.allow_pickle(env.npy_allow_pickle)
+    limit = env.max_payload_bytes
+    multi_model = env.multi_model
+    pinger = Ping(env, holder)
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO")
+        method = environ.get("REQUEST_METHOD")
+        if path == "/ping" and method == "GET":
+            status, body = pinger.answer()
+            start_response(REASONS[status], [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body)))])
+            return [body]
+        entry = None if multi_model else holder.get(DEFAULT_MODEL)
+        if entry is None or not entry.ready or path != "/invocations" or method != "POST":
+            return app(environ, start_response)
+        length_text = environ.get("CONTENT_LENGTH")
+        if not length_text or not length_text.isdigit() or int(length_text) > limit:
+            return app(environ, start_response)
+        length = int(length_text)
+        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            result = invoke(entry, body, environ.get("CONTENT_TYPE"), EnvironHeaders(environ))
+        except HTTPException as e:
+            return error_response(e)(environ, start_response)
+        except Exception as e:  # pragma: no cover - invoke() turns user errors into ModelError
+            logger.exception("unexpected error")
+            return error_response(InternalServerError(f"{type(e).__name__}: {e}"))(environ, start_response)
+        headers = [("Content-Type", result.content_type), ("Content-Length", str(len(result.body)))]
+        headers.extend(result.headers.items())
+        start_response(REASONS.get(result.status) or f"{result.status} Status", headers)
+        return [result.body]
+
+    return wsgi
