@@ -177,6 +177,7 @@ def test_application_errors(gunicorn: Gunicorn) -> None:
     (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 501, b"Transfer-Encoding"),
     (b"POST /echo HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400, b"bad Content-Length"),
     (b"GET /echo HTTP/1.1\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, b"larger than"),
+    (b"POST /echo HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 413, b"SAGEMAKER_MAX_PAYLOAD_IN_MB"),
 ])
 def test_malformed_requests_get_a_json_error(gunicorn: Gunicorn, data: bytes, status: int, needle: bytes) -> None:
     got, headers, body = parse(gunicorn.raw(data))

@@ -227,12 +227,14 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
 
     alive: bool
     nr: int
+    _max_body: int
 
     def run(self) -> None:
         from gunicorn import util  # its http_date, which serve's post_worker_init hook caches per second
 
         self._http_date = util.http_date
         server = ("localhost", str(ev.SAGEMAKER_BIND_TO_PORT.get(os.environ)))  # what clients connect to
+        self._max_body = ev.SAGEMAKER_MAX_PAYLOAD_IN_MB.get(os.environ) * 1024 * 1024  # nginx's limit, again
         self._base_environ = {
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
@@ -289,6 +291,9 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
                 head, rest = read_head(client.recv)
                 environ = parse_head(head, server)
                 length = int(environ.get("CONTENT_LENGTH") or 0)
+                if length > self._max_body:
+                    raise BadRequest(f"request body of {length} bytes exceeds SAGEMAKER_MAX_PAYLOAD_IN_MB "
+                                     f"({self._max_body} bytes)", 413)
                 body = read_body(client.recv_into, rest, length) if length else b""
             except BadRequest as e:
                 logger.warning("rejected a request on the upstream socket: %s", e)
@@ -302,6 +307,10 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
         except OSError as e:
             if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 logger.exception("socket error while serving a request")
+        except Exception as e:  # a bug here must cost one request, not the worker
+            logger.exception("error while reading a request on the upstream socket")
+            with contextlib.suppress(OSError):
+                client.sendall(error_bytes(500, f"{type(e).__name__}: {e}"))
         finally:
             with contextlib.suppress(OSError):
                 client.close()
