@@ -1,12 +1,13 @@
 #!/bin/sh
-# The README benchmarks, one after the other (about 9 + 3 + 6 minutes on the 2-core dev box).
+# The README benchmarks, one after the other (about 9 + 5 + 6 minutes on the 2-core dev box).
 set -eu
 cd "$(dirname "$0")/.."
+sh bench/setup_bench_tools.sh
 PY=$(sh bench/setup_bench_venv.sh | tail -1)
 uptime
 .venv/bin/python bench/serve_bench.py --it-python "$PY" "$@"
 uptime
-.venv/bin/python bench/worker_classes.py
+.venv/bin/python bench/worker_classes.py --model default --reps 5 --duration 5 --concurrency 1 8 32
 uptime
 .venv/bin/python bench/emulator_bench.py --sdk-python "$PY"
 uptime

@@ -188,6 +188,15 @@ SAGEMAKER_CONTAINER_LOG_LEVEL = _declare(EnvVar(
 SAGEMAKER_REGION = _declare(EnvVar[str | None](
     "SAGEMAKER_REGION", parse_optional_str, None,
     "AWS region, used only to download `s3://` code with boto3.", "both", "sdk"))
+SMBYOC_ARCHIVE_MAX_BYTES = _declare(EnvVar(
+    "SMBYOC_ARCHIVE_MAX_BYTES", int_parser(1), 100 * 1024**3,
+    "Most bytes extracted from one archive (`model.tar.gz`, `sourcedir.tar.gz`); the declared sizes are "
+    "summed before anything is written and the bytes written are counted, and a larger archive is refused.",
+    "both", "user", type_name="bytes", default_text="107374182400 (100 GiB)"))
+SMBYOC_ARCHIVE_MAX_MEMBERS = _declare(EnvVar(
+    "SMBYOC_ARCHIVE_MAX_MEMBERS", int_parser(1), 100_000,
+    "Most members (files, directories, links) in one extracted archive; an archive with more is refused "
+    "before anything is written.", "both", "user", type_name="integer"))
 
 # ------------------------------------------------------------------------------------------- training
 
@@ -289,8 +298,14 @@ SAGEMAKER_USE_NGINX = _declare(EnvVar(
 SMBYOC_GUNICORN_WORKER_CLASS = _declare(EnvVar(
     "SMBYOC_GUNICORN_WORKER_CLASS", choice_parser("auto", "upstream", "sync", "gthread"), "auto",
     "gunicorn worker class of `serve`: `auto` is smbyoc's `upstream` worker behind nginx and gunicorn's "
-    "`sync` without nginx (docs/serving.md explains the measured choice).",
+    "`sync` without nginx or with SMBYOC_SERVE_PROTOCOL=uwsgi (docs/serving.md explains the measured choice).",
     "serving", "user", type_name="auto|upstream|sync|gthread"))
+SMBYOC_SERVE_PROTOCOL = _declare(EnvVar(
+    "SMBYOC_SERVE_PROTOCOL", choice_parser("http", "uwsgi"), "http",
+    "How nginx talks to gunicorn in `serve`: `http` (`proxy_pass`) or `uwsgi` (`uwsgi_pass` to gunicorn's "
+    "`--protocol uwsgi`, with gunicorn's sync worker unless SMBYOC_GUNICORN_WORKER_CLASS says gthread). "
+    "Only behind nginx (docs/serving.md has the measurements).",
+    "serving", "user", type_name="http|uwsgi"))
 SMBYOC_NGINX_WORKER_PROCESSES = _declare(EnvVar[str | None](
     "SMBYOC_NGINX_WORKER_PROCESSES", parse_nginx_worker_processes, None,
     "nginx worker processes of `serve`: a count or `auto` (one per CPU). One nginx worker proxies far more "
@@ -308,6 +323,11 @@ SMBYOC_ONNX_THREADS = _declare(EnvVar[int | None](
     "SMBYOC_ONNX_THREADS", optional_int_parser(1, 1024), None,
     "onnxruntime intra-op threads per worker for the default ONNX handler.", "serving", "user",
     type_name="integer", default_text="CPU count / workers"))
+SMBYOC_MAX_DECODED_PAYLOAD_IN_MB = _declare(EnvVar[int | None](
+    "SMBYOC_MAX_DECODED_PAYLOAD_IN_MB", optional_int_parser(1, 102400), None,
+    "Largest decoded size of an `application/x-npy` / `application/x-npz` request, in MiB: declared NPY "
+    "shapes and zip member sizes are checked before anything is allocated; larger gets 413.",
+    "serving", "user", type_name="MiB", default_text="4 x SAGEMAKER_MAX_PAYLOAD_IN_MB"))
 SMBYOC_SERVE_HOST = _declare(EnvVar(
     "SMBYOC_SERVE_HOST", parse_str, "0.0.0.0",
     "Address `serve` listens on (SageMaker needs all interfaces; tests use 127.0.0.1).",
@@ -323,6 +343,10 @@ SMBYOC_STATE_DIR = _declare(EnvVar[str | None](
     "SMBYOC_STATE_DIR", parse_optional_str, None,
     "Where running emulated jobs are recorded for `smbyoc stop`.", "emulator", "user",
     default_text="$XDG_RUNTIME_DIR/smbyoc or ~/.local/state/smbyoc"))
+SMBYOC_OWNER_TOKEN = _declare(EnvVar[str | None](
+    "SMBYOC_OWNER_TOKEN", parse_optional_str, None,
+    "Set by the emulator on the processes of a process-mode job or endpoint, so that `smbyoc stop` and the "
+    "orphan sweep find all of them (also those that left the process group).", "emulator", "smbyoc"))
 SMBYOC_CACHE_DIR = _declare(EnvVar[str | None](
     "SMBYOC_CACHE_DIR", parse_optional_str, None,
     "Cache of resolved wheelhouses, smbyoc wheels and base root file systems.", "emulator", "user",

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from smbyoc.errors import ConfigError, HyperparameterError
+from smbyoc.opt_ml.hyperparameters_file import is_reserved
 
 TYPE_NAMES = {
     "int": "int", "integer": "int",
@@ -139,8 +140,6 @@ def load_schema(path: Path | str) -> Schema:
 
 def coerce(schema: Schema, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     """Typed values for every declared hyperparameter; HyperparameterError lists every bad key."""
-    from smbyoc.hyperparameters import is_reserved
-
     specs = schema._checked
     problems: list[tuple[str, str]] = []
     result: dict[str, Any] = {}

@@ -1,8 +1,8 @@
 """Shared fixtures for tests that need a real Docker Engine (marker ``docker``).
 
-* ``docker_client``: a ping-checked docker SDK client. With no engine it FAILS when ``CI`` is set (CI
-  must run these tests for real; .ci/run starts the engine with scripts/setup-docker-engine) and skips
-  otherwise, naming the reason.
+* ``docker_client`` (in tests/conftest.py): a ping-checked docker SDK client. With no engine it FAILS when
+  ``CI`` is set (CI must run these tests for real; .ci/run starts the engine with scripts/setup-docker-engine)
+  and skips otherwise, naming the reason.
 * ``default_images``: the default cpu train and serve images (``smbyoc/train:cpu``, ``smbyoc/serve:cpu``),
   built once per session through :func:`smbyoc.build.builder.ensure_image` when absent.
 * ``docker_test_prefix`` / ``docker_cleanup``: tag images ``smbyoc-test/...`` and remove them afterwards.
@@ -10,29 +10,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from smbyoc.errors import DockerError
-
 TEST_PREFIX = "smbyoc-test"
-
-
-@pytest.fixture(scope="session")
-def docker_client() -> Any:
-    from smbyoc.build.docker_client import get_client
-
-    try:
-        return get_client()
-    except DockerError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and {e}", pytrace=False)
-        pytest.skip(str(e))
 
 
 def _local_base(client: Any) -> str | None:
@@ -54,16 +38,6 @@ def default_images(docker_client: Any) -> dict[str, str]:
     base = _local_base(docker_client)
     return {kind: ensure_image(kind, "cpu", client=docker_client, base_image=base)
             for kind in ("train", "serve")}
-
-
-@pytest.fixture(scope="session")
-def docker_cleanup(docker_client: Any) -> Iterator[list[str]]:
-    """Append image tags to the yielded list; they are removed at the end of the session."""
-    tags: list[str] = []
-    yield tags
-    for tag in tags:
-        with contextlib.suppress(Exception):
-            docker_client.images.remove(tag, force=True)
 
 
 @pytest.fixture(scope="session")

@@ -49,8 +49,8 @@ def test_foreign_image_trains_as_sagemaker_would(foreign_image: str, docker_clie
                   "train=text/csv", "-H", "epochs=2", "--instance-type", "ml.m5.large", "--job-name", "dk-ok",
                   "-o", "out", "--env", "EXTRA=1", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert "foreign train done" in proc.stdout
-    result = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    assert "foreign train done" in proc.stderr  # --json: the logs go to stderr, stdout is the JSON alone
+    result = json.loads(proc.stdout)
     assert result["TrainingJobStatus"] == "Completed"
     s = summary(tmp_path / "out", "dk-ok")
     assert s["hyperparameters"] == {"epochs": "2"}
@@ -87,10 +87,10 @@ def test_failing_job_reports_failure_reason_and_exit_status(foreign_image: str, 
     proc = smbyoc("local-train", "--image", foreign_image, "-H", "fail=bad input shape", "-H", "exit_code=5",
                   "--job-name", "dk-fail", "-o", "out", "--json", cwd=tmp_path)
     assert proc.returncode == 5, proc.stderr
-    result = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    result = json.loads(proc.stdout)
     assert result["TrainingJobStatus"] == "Failed"
     assert result["ExitCode"] == 5
-    assert result["FailureReason"] == "ForeignError: asked to fail: bad input shape"
+    assert result["FailureReason"] == "AlgorithmError: ForeignError: asked to fail: bad input shape"
     assert leftovers(docker_client, "dk-fail") == []
 
 

@@ -32,12 +32,27 @@ def test_labels_entrypoint_and_no_opt_ml(docker_client: Any, default_images: dic
     config = image.attrs["Config"]
     labels = config["Labels"]
     assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
-    assert ("com.amazonaws.sagemaker.capabilities.multi-models" in labels) == (kind == "serve")
+    # no /models API yet: claiming MME support would make SageMaker accept the image and fail invocations
+    assert "com.amazonaws.sagemaker.capabilities.multi-models" not in labels
     assert config["Entrypoint"] == ["/opt/smbyoc/bin/entrypoint"]  # exec form, no tini
     assert config["Cmd"] == [kind]
     out = run(docker_client, default_images[kind],
               ["sh", "-c", "test ! -e /opt/ml && command -v train && command -v serve"])
     assert out.split() == ["/opt/smbyoc/app/bin/train", "/opt/smbyoc/app/bin/serve"]
+
+
+@pytest.mark.parametrize("kind", ["train", "serve"])
+def test_entrypoint_runs_smbyocs_programs_whatever_path_says(docker_client: Any, default_images: dict[str, str],
+                                                            kind: str) -> None:
+    """An image FROM ours may put another `train` first on PATH (sagemaker-training does): `docker run IMAGE
+    train` still runs smbyoc's, by absolute path."""
+    fake = "mkdir -p /tmp/x && printf '#!/bin/sh\\necho impostor\\n' > /tmp/x/" + kind + " && chmod +x /tmp/x/" + kind
+    script = f"{fake} && PATH=/tmp/x:$PATH /opt/smbyoc/bin/entrypoint {kind} --help"
+    out = run(docker_client, default_images[kind], ["sh", "-c", script])
+    assert f"usage: {kind}" in out and "impostor" not in out, out
+    # any other command runs as given (the impostor, named by its path)
+    out = run(docker_client, default_images[kind], ["sh", "-c", f"{fake} && /opt/smbyoc/bin/entrypoint /tmp/x/{kind}"])
+    assert out.strip() == "impostor"
 
 
 def test_serve_image_has_onnxruntime_not_torch_and_meets_size(docker_client: Any,

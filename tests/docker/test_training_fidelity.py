@@ -42,7 +42,8 @@ def smbyoc(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedP
 
 
 def describe(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    return json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    """The --json result: standard output holds the JSON document alone (the logs go to stderr)."""
+    return json.loads(proc.stdout)
 
 
 def members(out: Path, job: str, name: str = "model.tar.gz") -> dict[str, bytes]:
@@ -81,7 +82,7 @@ def test_three_hosts_resolve_each_other_shard_and_merge_models(probe_image: str,
     proc = smbyoc("local-train", "--image", probe_image, "--instance-count", "3", "--instance-type", "ml.m5.large",
                   "-c", f"shared={shared}", "-c", f"sharded={sharded}", "-c", f"listed={manifest}",
                   "--distribution", "sharded=ShardedByS3Key", "--s3-data-type", "listed=ManifestFile",
-                  "--input-mode", "shared=FastFile", "-H", "clash=1", "-H", "linger=4",
+                  "--input-mode", "shared=FastFile", "-H", "clash=1",
                   "--job-name", "fid-multi", "-o", "out", "--json", cwd=tmp_path)
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -112,7 +113,7 @@ def test_three_hosts_resolve_each_other_shard_and_merge_models(probe_image: str,
                                                            "common.txt"}
     assert "common.txt (written by algo-1 and algo-2)" in proc.stderr
     assert members(tmp_path / "out", "fid-multi")["common.txt"] == b"algo-1"
-    assert "[algo-2] probe done algo-2" in proc.stdout
+    assert "[algo-2] probe done algo-2" in proc.stderr  # --json: the logs go to stderr
     assert leftovers(docker_client, "fid-multi") == []
     print(f"3-host job wall time {elapsed:.1f} s")
 
@@ -125,12 +126,76 @@ def test_one_failing_host_fails_the_job_and_stops_the_others(probe_image: str, d
     assert proc.returncode == 3, proc.stderr
     result = describe(proc)
     assert result["TrainingJobStatus"] == "Failed"
-    assert result["FailureReason"].startswith("algo-2: ProbeError: algo-2 gave up"), result["FailureReason"]
-    assert "stopped the other hosts: algo-1" in result["FailureReason"]
+    # SageMaker's shape: AlgorithmError and the failure file; which host failed is in Hosts.
+    assert result["FailureReason"] == "AlgorithmError: ProbeError: algo-2 gave up", result["FailureReason"]
     hosts = {h["Host"]: h for h in result["Hosts"]}
     assert hosts["algo-1"].get("StoppedByEmulator") and hosts["algo-2"]["ExitCode"] == 3
+    assert hosts["algo-2"]["FailureReason"] == "ProbeError: algo-2 gave up" and "FailureReason" not in hosts["algo-1"]
     assert reports(tmp_path / "out", "fid-fail")["algo-1"]["sigterm"] is True  # stopped with SIGTERM
     assert leftovers(docker_client, "fid-fail") == []
+
+
+DNS_PROBE_TRAIN = """#!/usr/bin/env python3
+import json, os, socket, subprocess, sys, time
+
+rc = json.load(open("/opt/ml/input/config/resourceconfig.json"))
+host = rc["current_host"]
+report = {"host": host, "own_address": socket.gethostbyname(host)}
+if host == "algo-1":
+    json.dump(report, open(f"/opt/ml/model/{host}.json", "w"))
+    print("algo-1 exits at once", flush=True)
+    sys.exit(0)
+# Wait until Docker's embedded DNS no longer knows algo-1 (it has exited), then a few seconds more.
+deadline = time.time() + 90
+while time.time() < deadline:
+    if subprocess.run(["getent", "-s", "dns", "hosts", "algo-1"], capture_output=True).returncode != 0:
+        report["docker_dns"] = "forgotten"
+        break
+    time.sleep(0.2)
+else:
+    report["docker_dns"] = "still known"
+time.sleep(3)
+try:
+    report["resolved"] = socket.gethostbyname("algo-1")
+except OSError as e:
+    report["resolved"] = None
+    report["error"] = str(e)
+report["getent"] = subprocess.run(["getent", "hosts", "algo-1"], capture_output=True, text=True).stdout.strip()
+json.dump(report, open(f"/opt/ml/model/{host}.json", "w"))
+print(f"algo-2 resolves algo-1 after it exited: {report}", flush=True)
+if report["resolved"] is None:
+    open("/opt/ml/output/failure", "w").write(f"DnsError: algo-2 cannot resolve algo-1: {report}")
+    sys.exit(1)
+"""
+
+
+@pytest.fixture(scope="module")
+def dns_probe_image(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A contract-only image whose algo-1 exits at once while algo-2 resolves it later."""
+    context = tmp_path_factory.mktemp("dns-probe")
+    (context / "train").write_text(DNS_PROBE_TRAIN)
+    (context / "Dockerfile").write_text("FROM smbyoc/base:bookworm\nCOPY train /opt/program/train\n"
+                                        "RUN chmod 0755 /opt/program/train\nENV PATH=/opt/program:$PATH\n")
+    tag = "smbyoc-test/dns-probe:latest"
+    image, _ = docker_client.images.build(path=str(context), tag=tag, rm=True, labels={"com.smbyoc.test": "1"})
+    yield tag
+    with contextlib.suppress(Exception):
+        docker_client.images.remove(image.id, force=True)
+
+
+def test_hosts_stay_resolvable_after_they_exit(dns_probe_image: str, docker_client: Any, tmp_path: Path) -> None:
+    """SageMaker keeps every algo-N resolvable for the whole job; Docker's DNS forgets stopped containers."""
+    proc = smbyoc("local-train", "--image", dns_probe_image, "--instance-count", "2", "--job-name", "fid-dns",
+                  "-o", "out", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert describe(proc)["TrainingJobStatus"] == "Completed"
+    seen = reports(tmp_path / "out", "fid-dns")
+    later = seen["algo-2"]
+    assert later["docker_dns"] == "forgotten", later  # algo-1 had really gone when algo-2 looked it up
+    assert later["resolved"] == seen["algo-1"]["own_address"], later
+    assert later["getent"].split() == [seen["algo-1"]["own_address"], "algo-1"], later
+    assert "algo-2 resolves algo-1 after it exited" in proc.stderr
+    assert leftovers(docker_client, "fid-dns") == []
 
 
 # -- 2. Pipe mode ---------------------------------------------------------------------------------------
@@ -308,8 +373,8 @@ def test_default_example_resumes_after_spot_interruption(default_images: dict[st
     assert proc.returncode == 0, proc.stderr + proc.stdout
     result = describe(proc)
     assert result["InterruptionCount"] == 1
-    resumed = [line for line in proc.stdout.splitlines() if "resumed from epoch" in line]
-    assert len(resumed) == 1, proc.stdout
+    resumed = [line for line in proc.stderr.splitlines() if "resumed from epoch" in line]
+    assert len(resumed) == 1, proc.stderr
     resumed_epoch = int(resumed[0].split("resumed from epoch ")[1].split()[0])
     assert 0 < resumed_epoch < EPOCHS
     model = model_json(tmp_path / "out", "fid-spot-ex")
@@ -331,4 +396,4 @@ def test_network_isolation_refuses_requirements_install_with_the_runtime_error(
     assert result["TrainingJobStatus"] == "Failed"
     assert "SMBYOC_ALLOW_REQUIREMENTS_INSTALL=false" in result["FailureReason"]
     assert "requirements.txt" in result["FailureReason"]
-    assert "never reached" not in proc.stdout
+    assert "never reached" not in proc.stdout + proc.stderr

@@ -20,7 +20,7 @@ SMBYOC = [sys.executable, "-m", "smbyoc.cli"]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, nginx_on_path):
     tmp = tmp_path_factory.mktemp("serve")
     port = free_port()
     ready = tmp / "ready"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import time
 import urllib.error
@@ -27,10 +26,7 @@ from serve_support import (
 
 from smbyoc.serving.supervisor import ping
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("nginx_on_path")]
 
 SIX_MB = 6 * 1024 * 1024
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,7 @@ class Closing:
 
 
 def app(environ, start_response):
-    path = environ["PATH_INFO"]
+    path = environ.get("HTTP_X_PROBE_PATH") or environ["PATH_INFO"]  # behind nginx: POST /invocations
     if path == "/echo":
         body = environ["wsgi.input"].read()
         keys = {k: v for k, v in environ.items() if isinstance(v, str)}
@@ -61,6 +61,15 @@ def app(environ, start_response):
             raise RuntimeError("late failure")
         start_response("200 OK", [("Content-Type", "text/plain")])
         return gen()
+    if path == "/raise-late-big":
+        def big():
+            yield b"x" * (2 * 1024 * 1024)  # past the worker's buffer: the head is out before the failure
+            raise RuntimeError("late failure, big")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return big()
+    if path == "/big":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (b"y" * (1024 * 1024) for _ in range(3))
     if path == "/inject":
         start_response("200 OK", [("X-Bad", "1\\r\\nSet-Cookie: evil=1")])
         return [b"never"]
@@ -150,7 +159,7 @@ def test_environ_and_body(gunicorn: Gunicorn) -> None:
 
 def test_streamed_written_and_closed_responses(gunicorn: Gunicorn) -> None:
     status, headers, body = gunicorn.request("GET", "/stream")
-    assert (status, body) == (200, b"abc") and "content-length" not in headers  # close-delimited
+    assert (status, body) == (200, b"abc") and headers["content-length"] == "3"  # held back, then one write
     status, _, body = gunicorn.request("GET", "/write")
     assert (status, body) == (201, b"written-returned")
     before = gunicorn.closed.read_text().count("closed") if gunicorn.closed.exists() else 0
@@ -164,12 +173,19 @@ def test_application_errors(gunicorn: Gunicorn) -> None:
     status, headers, body = gunicorn.request("GET", "/raise")
     assert status == 500 and headers["content-type"] == "application/json"
     assert json.loads(body)["message"] == "RuntimeError: probe failure" and b"Traceback" not in body
-    status, _, body = gunicorn.request("GET", "/raise-late")
-    assert (status, body) == (200, b"partial")  # headers were out: the connection is cut short
+    # A response that fails after it started is never completed: nothing was sent yet (nginx answers 502) ...
+    assert gunicorn.raw(b"GET /raise-late HTTP/1.1\r\nHost: p\r\n\r\n") == b""
+    # ... or, past the buffer, it went out chunked and stops without the last chunk (a cut nginx sees).
+    raw = gunicorn.raw(b"GET /raise-late-big HTTP/1.1\r\nHost: p\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked\r\n" in raw
+    assert not raw.endswith(b"0\r\n\r\n")
+    status, headers, body = gunicorn.request("GET", "/big")
+    assert status == 200 and headers["transfer-encoding"] == "chunked" and body.endswith(b"0\r\n\r\n")
     status, _, body = gunicorn.request("GET", "/inject")
     assert status == 500 and b"CR or LF" in body and b"evil" not in body
     log = gunicorn.log.read_text()
     assert "probe failure" in log and "late failure" in log and "Traceback" in log
+    assert "closing the connection without completing it" in log
 
 
 @pytest.mark.parametrize(("data", "status", "needle"), [
@@ -178,10 +194,20 @@ def test_application_errors(gunicorn: Gunicorn) -> None:
     (b"POST /echo HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400, b"bad Content-Length"),
     (b"GET /echo HTTP/1.1\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, b"larger than"),
     (b"POST /echo HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 413, b"SAGEMAKER_MAX_PAYLOAD_IN_MB"),
+    # as strict as gunicorn's parser: these were accepted (or a 500) before
+    (b"POST /echo HTTP/1.1\r\nContent-Length: \xb2\r\n\r\nx", 400, b"not ASCII digits"),
+    (b"POST /echo HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400, b"more than one"),
+    (b"GET /echo HTTP/1.1\r\nX Spaced: 1\r\n\r\n", 400, b"RFC 9110 token"),
+    (b"GET /echo HTTP/1.1\r\nX-N\x00ul: 1\r\n\r\n", 400, b"RFC 9110 token"),
+    (b"GET /echo HTTP/1.1\r\nX-A: 1\x00\r\n\r\n", 400, b"control character"),
+    (b"GET /echo HTTP/1.1\r\nX-A: 1\rX-B: 2\r\n\r\n", 400, b"control character"),
+    (b"GET /echo HTTP/1.1\r\nX-A: 1\nX-B: 2\r\n\r\n", 400, b"control character"),
+    (b"GET /ec\x7fho HTTP/1.1\r\nHost: p\r\n\r\n", 400, b"malformed request line"),
 ])
 def test_malformed_requests_get_a_json_error(gunicorn: Gunicorn, data: bytes, status: int, needle: bytes) -> None:
     got, headers, body = parse(gunicorn.raw(data))
     assert got == status and headers["content-type"] == "application/json" and needle in body
+    assert json.loads(body)["status"] == status
     assert gunicorn.request("GET", "/echo")[0] == 200  # and the worker goes on serving
 
 
@@ -216,7 +242,7 @@ def test_request_timeout_kills_the_worker_not_the_server(gunicorn: Gunicorn) -> 
     wait_for(lambda: gunicorn.request("GET", "/echo")[0] == 200, 30)
 
 
-def test_serve_behind_nginx_uses_it_and_sync_stays_selectable(tmp_path: Path) -> None:
+def test_serve_behind_nginx_uses_it_and_sync_stays_selectable(tmp_path: Path, nginx_on_path: str) -> None:
     base = tmp_path / "ml"
     write_linear_onnx(base / "model" / "model.onnx")
     for setting, worker in (("auto", "Using worker: smbyoc.serving.worker.UpstreamWorker"),
@@ -234,3 +260,45 @@ def test_serve_behind_nginx_uses_it_and_sync_stays_selectable(tmp_path: Path) ->
         finally:
             assert server.stop() == 0
         assert worker in server.output()
+
+
+def test_behind_nginx_a_failed_response_is_an_error_not_a_short_200(
+    gunicorn: Gunicorn, tmp_path: Path, nginx_on_path: str
+) -> None:
+    from smbyoc.serving.env import ServingEnv
+    from smbyoc.serving.nginx import nginx_argv, render_nginx_conf
+    from smbyoc.serving.ports import free_port
+
+    env = ServingEnv(port=free_port(), host="127.0.0.1", workers=2)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_nginx_conf(env, tmp_path, gunicorn.sock))
+    log = tmp_path / "nginx.log"
+    with log.open("wb") as out:
+        nginx = subprocess.Popen(nginx_argv(conf, tmp_path), stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    url = f"http://127.0.0.1:{env.port}/invocations"
+
+    def post(probe: str, stream: bool = False) -> requests.Response:
+        return requests.post(url, data=b"x", headers={"X-Probe-Path": probe}, timeout=10, stream=stream)
+
+    try:
+        wait_for(lambda: nginx.poll() is not None or _answers(lambda: post("/echo")), 30)
+        assert post("/echo").status_code == 200
+        failed = post("/raise-late")  # nothing reached nginx: its 502, sent as the JSON 503 page
+        assert failed.status_code == 503 and "failed midway" in failed.json()["message"]
+        assert b"partial" not in failed.content
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):  # past the buffer: the client is cut off
+            post("/raise-late-big", stream=True).content  # noqa: B018
+        big = post("/big")
+        assert big.status_code == 200 and len(big.content) == 3 * 1024 * 1024
+    finally:
+        nginx.terminate()
+        nginx.wait(15)
+    assert "upstream prematurely closed connection" in log.read_text()
+
+
+def _answers(call: Callable[[], requests.Response]) -> bool:
+    try:
+        return call().status_code == 200
+    except requests.ConnectionError:
+        return False

@@ -272,6 +272,11 @@ def test_accept_picks_the_first_supported_type(inference: ModuleType, model_dir:
         ('[{"a": 1, "b": 2}]', "application/json", None, 400, "request lacks feature 'c'"),
         ("a,b,c\n1,2,nan\n", "text/csv", None, 400, "row 0 feature 'c': 'nan' is not a finite number"),
         (b"\xff\xfe", "text/csv", None, 400, "not UTF-8"),
+        ("[" * 5000 + "]" * 5000, "application/json", None, 400, "nested too deeply"),
+        ("1,2,3\r4,5,6\n", "text/csv", None, 400, "not valid CSV: new-line character seen in unquoted field"),
+        ("1,2," + "9" * 200_000, "text/csv", None, 400, "not valid CSV: field larger than field limit"),
+        ("[[" + "9" * 400 + ", 1, 2]]", "application/json", None, 400, "row 0 column 0: expected a number, got 99"),
+        ("[[1e300, 1, 2]]", "application/json", None, 400, "1e+300 is out of the model's float32 range"),
     ],
 )
 def test_bad_requests_carry_a_status(
@@ -284,5 +289,5 @@ def test_bad_requests_carry_a_status(
 
 
 def test_request_error_is_a_sagemaker_inference_toolkit_error(inference: ModuleType) -> None:
-    errors = pytest.importorskip("sagemaker_inference.errors")
+    import sagemaker_inference.errors as errors
     assert issubclass(inference.RequestError, errors.BaseInferenceToolkitError)

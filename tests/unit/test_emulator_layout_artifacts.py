@@ -86,15 +86,15 @@ def test_collect_leaves_no_half_archive_on_failure(tmp_path, monkeypatch):
     (host / "output" / "data").mkdir(parents=True)
     import tarfile as tf
 
-    real_add = tf.TarFile.add
+    real_addfile = tf.TarFile.addfile
 
     def boom(self, *a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(tf.TarFile, "add", boom)
+    monkeypatch.setattr(tf.TarFile, "addfile", boom)
     with pytest.raises(OSError, match="disk full"):
         collect([("algo-1", host)], tmp_path / "out", "job")
-    monkeypatch.setattr(tf.TarFile, "add", real_add)
+    monkeypatch.setattr(tf.TarFile, "addfile", real_addfile)
     assert list((tmp_path / "out" / "job" / "output").iterdir()) == []
 
 

@@ -39,6 +39,7 @@ def test_split_reserved_and_framework_keys() -> None:
                                     "default_user_module_name", "sagemaker_custom_thing"}
 
 
+@pytest.mark.oracle
 def test_reserved_tuple_is_the_toolkits() -> None:
     from sagemaker_training import params
 

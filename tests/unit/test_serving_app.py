@@ -242,7 +242,7 @@ def test_execution_parameters_env_and_handler(tmp_path: Path) -> None:
 
 
 def test_default_onnx_handler_all_codecs(tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = np.array([[1.0], [2.0]], dtype=np.float32)
@@ -291,7 +291,7 @@ def test_fast_path_answers_hot_requests_itself_and_hands_the_rest_to_flask(tmp_p
 
     client = Client(fast_path(env, holder, counting))
     r = client.get("/ping")
-    assert r.status_code == 503 and r.json["status"] == "Unhealthy"  # not loaded yet, answered without Flask
+    assert r.status_code == 503 and r.json["status"] == 503  # not loaded yet, answered without Flask
     assert client.post("/invocations", data="[1]", content_type="application/json").status_code == 503  # by Flask
     holder.load(DEFAULT_MODEL)
     assert client.get("/ping").status_code == 200
@@ -301,3 +301,52 @@ def test_fast_path_answers_hot_requests_itself_and_hands_the_rest_to_flask(tmp_p
     assert client.get("/execution-parameters").status_code == 200
     assert client.get("/nope").status_code == 404
     assert calls == ["/invocations", "/execution-parameters", "/nope"]
+
+
+ODD_PREDICTIONS = """
+    import numpy as np
+
+    def model_fn(model_dir):
+        return None
+
+    def predict_fn(data, model):
+        return {1: {"a": np.arange(2), "b": np.arange(2)}, 2: np.array([np.nan, 1.0]),
+                3: np.array([1 + 2j])}[int(data)]
+"""
+
+
+def test_default_encoders_on_predictions_their_type_cannot_hold(tmp_path: Path) -> None:
+    write_module(tmp_path, ODD_PREDICTIONS)
+    client, _ = client_for(tmp_path)
+    r = client.post("/invocations", data="1", content_type="application/json", headers={"Accept": "text/csv"})
+    assert r.status_code == 406 and "a dict of outputs (keys 'a', 'b') has no CSV form" in r.json["message"]
+    r = client.post("/invocations", data="2", content_type="application/json")
+    assert r.status_code == 200 and r.data == b"[null, 1.0]"  # NaN is not JSON: null
+    r = client.post("/invocations", data="3", content_type="application/json")
+    assert r.status_code == 406 and "complex value (1+2j)" in r.json["message"]
+    r = client.post("/invocations", data="3", content_type="application/json", headers={"Accept": "application/x-npy"})
+    assert r.status_code == 200 and np.load(io.BytesIO(r.data))[0] == 1 + 2j
+
+
+def test_user_output_that_cannot_be_encoded_stays_500(tmp_path: Path) -> None:
+    write_module(tmp_path, """
+        def model_fn(model_dir): return None
+        def transform_fn(model, data, content_type, accept): return {"z": 1j}
+    """)
+    client, _ = client_for(tmp_path)
+    r = client.post("/invocations", data="1", content_type="application/json")
+    assert r.status_code == 500 and "complex value" in r.json["message"]
+
+
+def test_npz_bomb_and_unknown_charset_through_the_app(tmp_path: Path) -> None:
+    from test_serving_decode_limits import npz_bomb
+
+    write_module(tmp_path, TRIO.replace("def input_fn", "def unused_input_fn"))
+    client, _ = client_for(tmp_path, SMBYOC_MAX_DECODED_PAYLOAD_IN_MB=2)
+    r = client.post("/invocations", data=npz_bomb(1), content_type="application/x-npz")
+    assert r.status_code == 413
+    assert "over the limit of 2097152 bytes (SMBYOC_MAX_DECODED_PAYLOAD_IN_MB=2)" in r.json["message"]
+    r = client.post("/invocations", data="[1]", content_type="application/json; charset=punycode")
+    assert r.status_code == 415 and "charset 'punycode'" in r.json["message"]
+    r = client.post("/invocations", data=b"[1, 2, 3]", content_type="application/json; charset=utf-16")
+    assert r.status_code == 400 and "utf-16" in r.json["message"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -60,14 +60,80 @@ def test_nginx_template_is_the_packaged_one() -> None:
     assert repo_copy.read_text() == load_template()
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
-def test_rendered_conf_passes_nginx_t(tmp_path: Path) -> None:
-    env = ServingEnv.from_env({"SAGEMAKER_BIND_TO_PORT": str(free_port()), "SMBYOC_SERVE_HOST": "127.0.0.1"})
+@pytest.mark.parametrize("protocol", ["http", "uwsgi"])
+def test_rendered_conf_passes_nginx_t(tmp_path: Path, nginx_on_path: str, protocol: str) -> None:
+    env = ServingEnv.from_env({"SAGEMAKER_BIND_TO_PORT": str(free_port()), "SMBYOC_SERVE_HOST": "127.0.0.1",
+                               "SMBYOC_SERVE_PROTOCOL": protocol})
     conf = tmp_path / "nginx.conf"
     conf.write_text(render_nginx_conf(env, tmp_path, tmp_path / "g.sock"))
     result = subprocess.run(["nginx", "-e", "stderr", "-p", str(tmp_path), "-t", "-c", str(conf)],
                             check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_nginx_conf_per_protocol(tmp_path: Path) -> None:
+    http = render_nginx_conf(ServingEnv(), tmp_path, tmp_path / "g.sock")
+    uwsgi = render_nginx_conf(ServingEnv(protocol="uwsgi"), tmp_path, tmp_path / "g.sock")
+    assert http.count("proxy_pass http://model_server;") == 2 and "uwsgi_pass" not in http
+    assert "keepalive_timeout 60s;" in http and "keepalive 16;" in http
+    assert uwsgi.count("uwsgi_pass model_server;") == 2 and "proxy_pass" not in uwsgi
+    assert uwsgi.count("uwsgi_param PATH_INFO $document_uri;") == 2 and "keepalive 16;" not in uwsgi
+    assert "uwsgi_request_buffering on;" in uwsgi and "uwsgi_buffering off;" in uwsgi
+
+
+@pytest.mark.parametrize(("environ", "kind", "protocol_args"), [
+    ({"SMBYOC_SERVE_PROTOCOL": "uwsgi"}, "sync", ["--protocol", "uwsgi"]),
+    ({"SMBYOC_SERVE_PROTOCOL": "uwsgi", "SMBYOC_GUNICORN_WORKER_CLASS": "gthread"}, "gthread", ["--protocol", "uwsgi"]),
+    ({"SMBYOC_SERVE_PROTOCOL": "http"}, "smbyoc.serving.worker.UpstreamWorker", []),
+])
+def test_protocol_choice(tmp_path: Path, environ: dict[str, str], kind: str, protocol_args: list[str]) -> None:
+    argv = gunicorn_argv(ServingEnv.from_env(environ), tmp_path, tmp_path / "g.sock")
+    assert dict(zip(argv, argv[1:], strict=False))["--worker-class"] == kind
+    assert [a for a in argv if a in ("--protocol", "uwsgi")] == protocol_args
+
+
+@pytest.mark.parametrize(("environ", "needle"), [
+    ({"SMBYOC_SERVE_PROTOCOL": "uwsgi", "SAGEMAKER_USE_NGINX": "false"}, "SMBYOC_SERVE_PROTOCOL.*only spoken to nginx"),
+    ({"SMBYOC_SERVE_PROTOCOL": "uwsgi", "SMBYOC_GUNICORN_WORKER_CLASS": "upstream"},
+     "upstream worker only speaks HTTP"),
+])
+def test_protocol_combinations_refused(tmp_path: Path, environ: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        prepare(ServingEnv.from_env({**environ, "SMBYOC_SERVE_RUNTIME_DIR": str(tmp_path / "rt")}))
+    assert not (tmp_path / "rt").exists()
+
+
+def test_protocol_values(tmp_path: Path) -> None:
+    assert ServingEnv.from_env({}).protocol == "http"
+    with pytest.raises(EnvVarError, match="SMBYOC_SERVE_PROTOCOL"):
+        ServingEnv.from_env({"SMBYOC_SERVE_PROTOCOL": "fastcgi"})
+
+
+def test_runtime_dir_is_created_private(tmp_path: Path, nginx_on_path: str) -> None:
+    env = ServingEnv.from_env({"SMBYOC_SERVE_RUNTIME_DIR": str(tmp_path / "a" / "rt")})
+    plan = prepare(env)
+    assert plan.runtime_dir == tmp_path / "a" / "rt" and (plan.runtime_dir.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777, 0o1777, 0o720])
+def test_runtime_dir_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    with pytest.raises(ConfigError, match=rf"SMBYOC_SERVE_RUNTIME_DIR: {shared} is writable by its group or by "
+                                          rf"others \(mode {mode:04o}\)"):
+        prepare(ServingEnv.from_env({"SMBYOC_SERVE_RUNTIME_DIR": str(shared)}))
+    assert list(shared.iterdir()) == []  # nothing written there
+
+
+def test_runtime_dir_of_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another uid")
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    os.chown(other, 65534, 65534)
+    with pytest.raises(ConfigError, match=f"{other} is owned by uid 65534, not by the serving user"):
+        prepare(ServingEnv.from_env({"SMBYOC_SERVE_RUNTIME_DIR": str(other)}))
 
 
 def test_gunicorn_argv(tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ import pytest
 
 from smbyoc.serving.worker import (
     MAX_HEAD_BYTES,
+    MAX_HEADER_FIELDS,
     BadRequest,
     ConnectionClosed,
+    ResponseFailed,
     ResponseWriter,
     error_bytes,
     parse_head,
@@ -65,6 +67,28 @@ def test_parse_head_pep3333_details() -> None:
     (b"POST /invocations HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1", 400, "more than one Content-Length"),
     (b"POST /invocations HTTP/1.1\r\nContent-Length: -1", 400, "bad Content-Length '-1'"),
     (b"POST /invocations HTTP/1.1\r\nTransfer-Encoding: chunked", 501, "Transfer-Encoding"),
+    # gunicorn's rules (gunicorn/http/message.py): names are RFC 9110 tokens, values have no controls,
+    # Content-Length is ASCII digits ("\xb2" is latin-1 for "²", which str.isdigit() accepts).
+    (b"POST /invocations HTTP/1.1\r\nContent-Length: \xb2", 400, "not ASCII digits"),
+    (b"POST /invocations HTTP/1.1\r\nContent-Length: \xb9\xb2", 400, "not ASCII digits"),
+    (b"POST /invocations HTTP/1.1\r\nContent-Length: +1", 400, "not ASCII digits"),
+    (b"POST /invocations HTTP/1.1\r\nContent-Length: 1 1", 400, "not ASCII digits"),
+    (b"POST /invocations HTTP/1.1\r\nContent-Length: ", 400, "not ASCII digits"),
+    (b"POST /invocations HTTP/1.1\r\ncontent-length: 1\r\nContent-Length: 2", 400, "more than one"),
+    (b"POST /invocations HTTP/1.1\r\nX Name: x", 400, "not an RFC 9110 token"),
+    (b"POST /invocations HTTP/1.1\r\nX-Na\x00me: x", 400, "not an RFC 9110 token"),
+    (b"POST /invocations HTTP/1.1\r\nX-N@me: x", 400, "not an RFC 9110 token"),
+    (b"POST /invocations HTTP/1.1\r\nX-\xe9: x", 400, "not an RFC 9110 token"),
+    (b"POST /invocations HTTP/1.1\r\n: x", 400, "not an RFC 9110 token"),
+    (b"POST /invocations HTTP/1.1\r\nX-A: a\x00b", 400, "control character"),
+    (b"POST /invocations HTTP/1.1\r\nX-A: a\rb", 400, "control character"),
+    (b"POST /invocations HTTP/1.1\r\nX-A: a\nX-B: b", 400, "control character"),  # a bare LF
+    (b"POST /invocations HTTP/1.1\r\nX-A: a\x7f", 400, "control character"),
+    (b"post /invocations HTTP/1.1\r\nHost: x", 400, "request line"),
+    (b"P\x00ST /invocations HTTP/1.1\r\nHost: x", 400, "request line"),
+    (b"POST /invo\x01cations HTTP/1.1\r\nHost: x", 400, "request line"),
+    (b"POST /caf\xe9 HTTP/1.1\r\nHost: x", 400, "request line"),
+    (b"POST /invocations HTTP/1.1" + b"\r\nX-A: 1" * (MAX_HEADER_FIELDS + 1), 431, "header fields"),
 ])
 def test_parse_head_rejects(head: bytes, status: int, needle: str) -> None:
     with pytest.raises(BadRequest, match=needle) as caught:
@@ -120,11 +144,64 @@ def test_writer_sends_a_list_body_with_its_head_in_one_write() -> None:
     assert writes[0].endswith(b"\r\n\r\n{\"a\": 1}") and b"Content-Length: 8\r\n" in writes[0]
 
 
-def test_writer_streams_an_iterator_close_delimited() -> None:
+def test_writer_holds_an_iterator_back_until_it_ends() -> None:
     writer, writes = collect()
     writer.start_response("200 OK", [("Content-Type", "text/plain")])
     writer.finish(iter([b"", b"ab", b"cd"]))
-    assert writes[0].endswith(b"\r\n\r\nab") and writes[1:] == [b"cd"] and b"Content-Length" not in writes[0]
+    assert len(writes) == 1 and writes[0].endswith(b"\r\n\r\nabcd") and b"Content-Length: 4\r\n" in writes[0]
+
+
+def streaming(limit: int = 3) -> tuple[ResponseWriter, list[bytes]]:
+    writes: list[bytes] = []
+    return ResponseWriter(writes.append, lambda: "D", False, buffer_limit=limit), writes
+
+
+def test_writer_streams_past_its_buffer_chunked_so_a_cut_shows() -> None:
+    writer, writes = streaming()
+    writer.start_response("200 OK", [("Content-Type", "text/plain"), ("Transfer-Encoding", "gzip")])
+    writer.finish(iter([b"ab", b"cd", b"e"]))
+    assert b"Transfer-Encoding: chunked\r\n" in writes[0] and b"gzip" not in writes[0]
+    assert writes[0].endswith(b"\r\n\r\n4\r\nabcd\r\n") and writes[1:] == [b"1\r\ne\r\n", b"0\r\n\r\n"]
+
+
+def test_writer_streams_with_the_applications_length() -> None:
+    writer, writes = streaming()
+    writer.start_response("200 OK", [("Content-Length", "5")])
+    writer.finish(iter([b"ab", b"cd", b"e"]))
+    assert b"chunked" not in writes[0] and writes[0].endswith(b"\r\n\r\nabcd") and writes[1:] == [b"e"]
+
+
+def failing(*chunks: bytes):  # type: ignore[no-untyped-def]
+    yield from chunks
+    raise RuntimeError("stream broke")
+
+
+@pytest.mark.parametrize("limit", [3, 1024])
+def test_writer_never_completes_a_failed_response(limit: int) -> None:
+    writer, writes = streaming(limit)
+    writer.start_response("200 OK", [("Content-Type", "text/plain")])
+    with pytest.raises(ResponseFailed, match="RuntimeError: stream broke"):
+        writer.finish(failing(b"ab", b"cd"))
+    if limit > 4:
+        assert writes == []  # nothing left: nginx gets no header and answers 502
+    else:
+        assert writes == [writes[0]] and not writes[0].endswith(b"0\r\n\r\n")  # no last chunk: a cut
+
+
+@pytest.mark.parametrize(("limit", "chunks"), [(1024, [b"ab"]), (1024, [b"abcdef"]), (3, [b"ab", b"cd"]),
+                                               (3, [b"ab", b"cd", b"ef"])])
+def test_writer_refuses_a_body_that_is_not_its_content_length(limit: int, chunks: list[bytes]) -> None:
+    writer, writes = streaming(limit)
+    writer.start_response("200 OK", [("Content-Length", "5")])
+    with pytest.raises(ResponseFailed, match="Content-Length"):
+        writer.finish(iter(chunks))
+    assert not writes or len(b"".join(writes).partition(b"\r\n\r\n")[2]) < 5
+
+
+def test_writer_refuses_a_content_length_that_is_not_a_number() -> None:
+    writer, _ = collect()
+    with pytest.raises(ValueError, match="not a number"):
+        writer.start_response("200 OK", [("Content-Length", "\u00b2")])
 
 
 def test_writer_head_and_no_body_statuses() -> None:
@@ -144,6 +221,7 @@ def test_writer_start_response_rules() -> None:
     with pytest.raises(AssertionError):
         writer.write(b"x")
     writer.start_response("200 OK", [])
+    writer.write(b"held back")
     with pytest.raises(AssertionError, match="twice"):
         writer.start_response("200 OK", [])
     try:
@@ -152,13 +230,15 @@ def test_writer_start_response_rules() -> None:
         writer.start_response("500 Internal Server Error", [], (type(e), e, e.__traceback__))
     assert writer.status == "500 Internal Server Error"
     writer.write(b"x")
+    writer._start_streaming()  # the head is out
     try:
         raise KeyError("late")
     except KeyError as e:
         with pytest.raises(KeyError, match="late"):
             writer.start_response("500 Internal Server Error", [], (type(e), e, e.__traceback__))
     writer.write(b"y")
-    assert writes[1:] == [b"y"]
+    assert writes[0].endswith(b"1\r\nx\r\n") and writes[1:] == [b"1\r\ny\r\n"]  # not "held back"
+    assert writes[0].startswith(b"HTTP/1.1 500 ")
 
 
 def test_error_bytes_is_a_whole_json_response() -> None:

@@ -188,7 +188,7 @@ def build_image(kind: str, variant: str | Variant = "cpu", tag: str | None = Non
     _say(progress, f"building {tag} ({var.name}/{kind}, {var.platform}) on {base}")
     buildargs = {"BASE_IMAGE": base}
     if var.dockerfile(kind).name == "Dockerfile.neuron":
-        buildargs |= {"KIND": kind, "MULTI_MODELS": "true" if kind == "serve" else "false"}
+        buildargs |= {"KIND": kind}
     labels = {"org.smbyoc.variant": var.name, "org.smbyoc.kind": kind,
               "org.smbyoc.version": smbyoc.__version__, "org.smbyoc.base-image": base,
               SOURCE_LABEL: source_fingerprint()}

@@ -158,8 +158,7 @@ def build_smbyoc_wheel(dest: Path, *, cache: Path | None = None, progress: Progr
     """A wheel of this smbyoc in ``dest``: built from the checkout (cached by a hash of its files)."""
     root = source_tree()
     if root is None:
-        raise BuildError("smbyoc runs from an installed package, not a checkout; building its wheel "
-                         "needs the source tree (pip install -e <checkout>)")
+        return repack_installed_wheel(dest, progress=progress)
     key = _tree_hash(root)
     cached = (cache or cache_dir()) / "smbyoc-wheels" / key
     if not (cached / _COMPLETE).is_file():
@@ -183,3 +182,55 @@ def build_smbyoc_wheel(dest: Path, *, cache: Path | None = None, progress: Progr
     dest.mkdir(parents=True, exist_ok=True)
     _link_or_copy(wheels[0], dest / wheels[0].name)
     return dest / wheels[0].name
+
+
+def repack_installed_wheel(dest: Path, *, progress: Progress | None = None) -> Path:
+    """A wheel of the smbyoc installed in this environment (``pip install smbyoc``), for its images.
+
+    An installed package keeps no wheel; its files and ``*.dist-info`` are packed again as the wheel they
+    came from (sources, package data, metadata and entry points; no byte code), with a fresh RECORD.
+    Written to a temporary name and renamed.
+    """
+    import base64
+    import csv
+    import io
+    import zipfile
+
+    dist = metadata.distribution("smbyoc")
+    package = Path(smbyoc.__file__).resolve().parent
+    site = package.parent
+    info = Path(str(dist.locate_file(""))) / f"smbyoc-{dist.version}.dist-info"
+    if not info.is_dir():
+        candidates = sorted(site.glob("smbyoc-*.dist-info"))
+        if len(candidates) != 1:
+            raise BuildError(f"cannot find smbyoc's .dist-info beside {package} to pack its wheel")
+        info = candidates[0]
+    if progress:
+        progress(f"packing the installed smbyoc {dist.version} ({package}) as a wheel")
+    name = f"smbyoc-{dist.version}-py3-none-any.whl"
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / name
+    tmp = dest / f".{name}.partial"
+    skip_info = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+    records: list[tuple[str, str, str]] = []
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as whl:
+            members = [(f, f.relative_to(site).as_posix()) for f in sorted(package.rglob("*"))]
+            members += [(f, f"{info.name}/{f.name}") for f in sorted(info.iterdir()) if f.name not in skip_info]
+            for path, arcname in members:
+                if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc":
+                    continue
+                data = path.read_bytes()
+                whl.writestr(zipfile.ZipInfo.from_file(path, arcname), data, zipfile.ZIP_DEFLATED)
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+                records.append((arcname, f"sha256={digest}", str(len(data))))
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerows(records)
+            writer.writerow((f"{info.name}/RECORD", "", ""))
+            whl.writestr(f"{info.name}/RECORD", out.getvalue())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target

@@ -57,7 +57,31 @@ def cli(verbose: int) -> None:
 
 
 #: Command modules, each owned by one part of the product; each exposes ``COMMANDS``.
-COMMAND_MODULES = ("train_cmd", "serve_cmd", "build_cmd", "env_vars_cmd")
+COMMAND_MODULES = ("train_cmd", "serve_cmd", "build_cmd", "env_vars_cmd", "ps_cmd")
+
+
+def sweep_before(callback: F) -> F:
+    """Run :func:`smbyoc.emulator.sweep.sweep_orphans` before a ``local-*`` command (one line on stderr
+    when it removed something; a failing sweep never stops the command)."""
+    import functools
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import logging
+
+        from smbyoc.emulator.sweep import summary, sweep_orphans
+
+        try:
+            removed = sweep_orphans(docker=kwargs.get("mode") == "docker")
+        except (SmbyocError, OSError) as e:
+            logging.getLogger(__name__).warning("could not remove what killed emulators left: %s", e)
+        else:
+            if removed:
+                click.echo(summary(removed), err=True)
+        return callback(*args, **kwargs)
+
+    wrapper.sweeps = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
 
 
 def _register() -> None:
@@ -71,6 +95,9 @@ def _register() -> None:
                 raise
             continue
         for command in module.COMMANDS:
+            if command.name and command.name.startswith("local-") and command.callback is not None \
+                    and not getattr(command.callback, "sweeps", False):
+                command.callback = sweep_before(command.callback)
             if command.name not in cli.commands:
                 cli.add_command(command)
 

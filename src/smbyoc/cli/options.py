@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from smbyoc.emulator.local_training import ChannelSetting
 from smbyoc.errors import ConfigError
 
 
@@ -18,3 +19,10 @@ def parse_pairs(values: Iterable[str], option: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def parse_channel_settings(values: Iterable[str], field: str) -> list[ChannelSetting]:
+    """``VALUE`` (the job's) or ``NAME=VALUE`` (one channel's) items of a per-channel option."""
+    settings: list[ChannelSetting] = []
+    for value in values:
+        name, sep, choice = value.partition("=")
+        settings.append(ChannelSetting(field, choice, name) if sep else ChannelSetting(field, value))
+    return settings

@@ -24,7 +24,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 @click.command("local-serve")
 @click.option("--mode", type=click.Choice(["docker", "process"]), default="docker",
-              help="docker: `docker run IMAGE serve`; process: run smbyoc's `serve` locally (needs nginx).")
+              help="docker: `docker run IMAGE serve`; process: run smbyoc's `serve` locally (nginx in front "
+                   "when installed, else gunicorn alone with a warning).")
 @click.option("--image", metavar="IMAGE", help="Serving image (docker mode; default: smbyoc's CPU serve image).")
 @click.option("--model-data", type=click.Path(path_type=Path), metavar="MODEL",
               help="model.tar.gz or a directory, extracted to /opt/ml/model (default: the bundled example's "
@@ -40,11 +41,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @click.option("--user", metavar="UID[:GID]", help="Docker mode: run the container as this user.")
 @click.option("--ready-file", type=click.Path(path_type=Path),
               help="Write the endpoint URL to this file once /ping answers 200 (for scripts).")
+@click.option("--require-nginx", is_flag=True,
+              help="Process mode: fail when nginx is not installed instead of serving through gunicorn alone.")
 @library_errors
 def local_serve(
     mode: str, image: str | None, model_data: Path | None, port: int, bind_address: str,
     env_pairs: tuple[str, ...], startup_health_timeout: float, instance_type: str, user: str | None,
-    ready_file: Path | None,
+    ready_file: Path | None, require_nginx: bool,
 ) -> None:
     """Serve a model as a SageMaker endpoint until Ctrl-C (SIGTERM, then SIGKILL after 30 s).
 
@@ -53,6 +56,7 @@ def local_serve(
       smbyoc local-serve                                   # the bundled example's model
       smbyoc local-serve --image my-algo:latest --model-data model.tar.gz --port 8081
       smbyoc local-serve --mode process --model-data ./model
+      smbyoc local-serve --mode process --require-nginx    # as in the image, or an error
     """
     from smbyoc.emulator.endpoint import DockerEndpoint, Endpoint, ProcessEndpoint
 
@@ -67,12 +71,18 @@ def local_serve(
         if mode == "process":
             if image is not None or user is not None:
                 raise ConfigError("only for --mode docker", key="--image" if image else "--user")
+            endpoint = ProcessEndpoint(spec, require_nginx=require_nginx)  # a missing nginx: said now
             if model_data is None:
                 from smbyoc.emulator.default_model import default_model
 
-                spec = _with_model(spec, default_model("process"))
-            endpoint = ProcessEndpoint(spec)
+                try:
+                    endpoint.spec = _with_model(spec, default_model("process"))
+                except BaseException:
+                    endpoint.close()
+                    raise
         else:
+            if require_nginx:
+                raise ConfigError("only for --mode process (images bring their own nginx)", key="--require-nginx")
             from smbyoc.build.docker_client import get_client
 
             client = get_client()

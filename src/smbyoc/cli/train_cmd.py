@@ -2,88 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import click
 
 from smbyoc import exit_codes
 from smbyoc.cli import library_errors
-from smbyoc.cli.options import parse_pairs
-from smbyoc.emulator.containers import LineSink
-from smbyoc.emulator.job_spec import (
-    COMPRESSION_TYPES,
-    DISTRIBUTIONS,
-    INPUT_MODES,
-    RECORD_WRAPPER_TYPES,
-    S3_DATA_TYPES,
-    SDK_PROGRAM_KEY,
-    SDK_SUBMIT_DIR_KEY,
-    ChannelSpec,
-    TrainingJobSpec,
-    build_hyperparameters,
-    default_job_name,
-    load_hyperparameters_argument,
-)
+from smbyoc.cli.options import parse_channel_settings, parse_pairs
+from smbyoc.emulator.job_spec import TrainingJobSpec, load_hyperparameters_argument, merge_hyperparameters
+from smbyoc.emulator.local_training import LocalTrainingJob, run_local_training
 from smbyoc.emulator.result import TrainingJobResult
-from smbyoc.emulator.status import StatusDisplay
-from smbyoc.emulator.training_job import TrainingBackend
+from smbyoc.emulator.status import StatusDisplay, stdout_to_stderr, terminal_safe
 from smbyoc.errors import ConfigError
 
 
-def _per_channel(values: tuple[str, ...], option: str, allowed: tuple[str, ...], default: str,
-                 names: list[str]) -> tuple[str, dict[str, str]]:
-    """``VALUE`` (the job's) or ``NAME=VALUE`` (one channel's) options; one line for each bad value."""
-    job_value = default
-    per_channel: dict[str, str] = {}
-    for value in values:
-        if "=" in value:
-            name, choice = value.split("=", 1)
-            if name not in names:
-                raise ConfigError(f"no such channel (channels: {', '.join(names) or 'none'})",
-                                  key=f"{option} {value}")
-            per_channel[name] = choice
-        else:
-            job_value = value
-    for where, choice in [("job=", job_value), *((f"{n}=", c) for n, c in per_channel.items())]:
-        if choice not in allowed:
-            raise ConfigError(f"expected one of {', '.join(allowed)}", key=f"{option} {where}{choice}")
-    return job_value, per_channel
+class JobConsole:
+    """What ``local-train`` shows while the job runs: a header line once every check passed, then the
+    live status line and the hosts' log lines (on stderr under ``--json``, so stdout holds the JSON alone)."""
 
+    def __init__(self, mode: str, as_json: bool) -> None:
+        self.mode = mode
+        self.as_json = as_json
+        self.display: StatusDisplay | None = None
 
-def _channels(
-    channel_pairs: list[tuple[str, str]],
-    content_types: dict[str, str],
-    input_modes: tuple[str, ...],
-    distributions: tuple[str, ...] = (),
-    compressions: tuple[str, ...] = (),
-    record_wrappers: tuple[str, ...] = (),
-    data_types: tuple[str, ...] = (),
-) -> tuple[ChannelSpec, ...]:
-    names = [name for name, _ in channel_pairs]
-    unknown = sorted(set(content_types) - set(names))
-    if unknown:
-        raise ConfigError(f"no such channel (channels: {', '.join(names) or 'none'})",
-                          key=f"--content-type {unknown[0]}")
-    mode, modes = _per_channel(input_modes, "--input-mode", INPUT_MODES, "File", names)
-    dist, dists = _per_channel(distributions, "--distribution", DISTRIBUTIONS, "FullyReplicated", names)
-    comp, comps = _per_channel(compressions, "--compression", COMPRESSION_TYPES, "None", names)
-    wrap, wraps = _per_channel(record_wrappers, "--record-wrapper", RECORD_WRAPPER_TYPES, "None", names)
-    kind, kinds = _per_channel(data_types, "--s3-data-type", S3_DATA_TYPES, "S3Prefix", names)
-    return tuple(
-        ChannelSpec(
-            name=name,
-            source=Path(path).expanduser(),
-            input_mode=modes.get(name, mode),
-            content_type=content_types.get(name),
-            distribution=dists.get(name, dist),
-            compression=comps.get(name, comp),
-            record_wrapper=wraps.get(name, wrap),
-            data_type=kinds.get(name, kind),
-        )
-        for name, path in channel_pairs
-    )
+    def start(self, spec: TrainingJobSpec) -> None:
+        self.display = StatusDisplay(spec.job_name, spec.instance_count, out=sys.stderr if self.as_json else None)
+        click.echo(f"Training job {spec.job_name} ({self.mode} mode, {spec.instance_count} x {spec.instance_type})",
+                   err=True)
+        self.display.start()
+
+    def on_status(self, primary: str, secondary: str) -> None:
+        if self.display is not None:
+            self.display.on_status(primary, secondary)
+
+    def log_line(self, host: str, text: str) -> None:
+        if self.display is not None:
+            self.display.log_line(host, text)
+
+    def close(self) -> None:
+        if self.display is not None:
+            self.display.close()
 
 
 def echo_result(result: TrainingJobResult, as_json: bool) -> None:
@@ -98,10 +60,12 @@ def echo_result(result: TrainingJobResult, as_json: bool) -> None:
                 + (f", {result.interruptions} spot interruption(s)" if result.spot else ""),
                 fg=colour, bold=True, err=True)
     if result.failure_reason:
-        click.echo("FailureReason: " + result.failure_reason.rstrip(), err=True)
+        click.echo("FailureReason: " + terminal_safe(result.failure_reason.rstrip()), err=True)
     if len(result.hosts) > 1:
         for host in result.hosts:
             note = " (stopped by the emulator)" if host.stopped_by_emulator else ""
+            if host.failure_reason and not host.stopped_by_emulator:
+                note += " - " + terminal_safe(host.failure_reason.strip().splitlines()[0][:200])
             click.echo(f"  {host.host}: exit status {host.exit_code}{note}", err=True)
     if result.artifacts is not None:
         for artifact in (result.artifacts.model, result.artifacts.output):
@@ -188,7 +152,8 @@ def human_size(size: int) -> str:
 @click.option("--gpus", type=int, metavar="N",
               help="Docker mode: GPUs to request per container (-1: all). Default: the instance type's.")
 @click.option("--keep-tree", is_flag=True, help="Keep the job's /opt/ml tree for inspection.")
-@click.option("--json", "as_json", is_flag=True, help="Print a DescribeTrainingJob-shaped JSON result.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a DescribeTrainingJob-shaped JSON result, alone on stdout (the job's logs go to stderr).")
 @library_errors
 def local_train(
     mode: str, image: str | None, entry_point: str | None, source_dir: Path | None,
@@ -216,67 +181,45 @@ def local_train(
       smbyoc local-train --image my-algo -c train=./data --input-mode Pipe --compression train=Gzip
       smbyoc local-train --checkpoint-s3-dir ./ckpt --spot-interruption-after 30 --max-runtime 600
     """
-    from smbyoc.emulator.training_job import run_training_job
-
     base_hps: dict[str, object] = load_hyperparameters_argument(hyperparameters_json) if hyperparameters_json else {}
     hp_pairs = parse_pairs(hyperparameter_pairs, "-H")
-    channel_pairs = parse_pairs(channels, "--channel")
-    use_default = entry_point is None and train_command is None and image is None
-    if train_command is not None and mode == "docker":
-        raise ConfigError("only for --mode process (in docker mode the image's `train` runs)",
-                          key="--train-command")
-    if use_default:
-        from smbyoc.examples import default_example
-
-        example = default_example()
-        entry_point = example.entry_point
-        source_dir = source_dir or example.source_dir
-        if not channel_pairs:
-            channel_pairs = [(name, str(path)) for name, path in example.channels.items()]
-        base_hps = {**example.hyperparameters, **base_hps}
-    if entry_point is not None and source_dir is None:
-        source_dir = Path(".")
-    hyperparameters = build_hyperparameters(base_hps, hp_pairs, json_encode=json_encode_hyperparameters)
-    if entry_point is not None:
-        # The SDK always JSON-encodes its own script-mode keys. In docker mode the code is mounted at
-        # /opt/ml/code (as SDK local mode does), in process mode the runtime copies it there.
-        submit = _submit_directory(source_dir)
-        if mode == "docker" and not submit.startswith("s3://"):
-            submit = "/opt/ml/code"
-        hyperparameters[SDK_PROGRAM_KEY] = json.dumps(entry_point)
-        hyperparameters[SDK_SUBMIT_DIR_KEY] = json.dumps(submit)
-    spec = TrainingJobSpec(
-        job_name=job_name or default_job_name(
-            Path(entry_point).stem if entry_point else "smbyoc-training"),
-        hyperparameters=hyperparameters,
-        channels=_channels(channel_pairs, dict(parse_pairs(content_types, "--content-type")), input_modes,
-                           distributions, compressions, record_wrappers, data_types),
+    job = LocalTrainingJob(
+        mode="process" if mode == "process" else "docker",
+        image=image,
+        entry_point=entry_point,
+        source_dir=source_dir,
+        train_command=None if train_command is None else tuple(shlex.split(train_command)),
+        channels=tuple((name, Path(path)) for name, path in parse_pairs(channels, "--channel")),
+        content_types=dict(parse_pairs(content_types, "--content-type")),
+        channel_settings=(*parse_channel_settings(input_modes, "input_mode"),
+                          *parse_channel_settings(distributions, "distribution"),
+                          *parse_channel_settings(compressions, "compression"),
+                          *parse_channel_settings(record_wrappers, "record_wrapper"),
+                          *parse_channel_settings(data_types, "data_type")),
+        hyperparameters=merge_hyperparameters(base_hps, hp_pairs, json_encode=json_encode_hyperparameters),
+        json_encode_hyperparameters=json_encode_hyperparameters,
+        job_name=job_name,
+        output_dir=output_dir,
         instance_type=instance_type,
         instance_count=instance_count,
         environment=dict(parse_pairs(env_pairs, "--env")),
         region=region,
+        stop_timeout=stop_timeout,
+        user=user,
         max_runtime_seconds=max_runtime,
+        checkpoint_dir=checkpoint_s3_dir,
+        spot_interruption_after=spot_interruption_after,
         network_isolation=network_isolation,
         gpus=gpus,
-        checkpoint_dir=checkpoint_s3_dir.expanduser().resolve() if checkpoint_s3_dir else None,
-        spot_interruption_after=spot_interruption_after,
-    ).validate()
-    if gpus is not None and mode == "process":
-        raise ConfigError("only for --mode docker (a local process sees the machine's GPUs)", key="--gpus")
-    display = StatusDisplay(spec.job_name, spec.instance_count)
-    backend = _backend(mode, image, train_command, source_dir if entry_point else None, stop_timeout, user,
-                       display.log_line)
-    preflight = getattr(backend, "preflight", None)
-    if preflight is not None:
-        preflight(spec)  # every bad input is refused before any container starts
-    click.echo(f"Training job {spec.job_name} ({mode} mode, {spec.instance_count} x {spec.instance_type})",
-               err=True)
-    display.start()
+        keep_tree=keep_tree,
+    )
+    console = JobConsole(mode, as_json)
     try:
-        result = run_training_job(spec, backend, output_dir.resolve(), keep_tree=keep_tree,
-                                  on_status=display.on_status)
+        with stdout_to_stderr() if as_json else contextlib.nullcontext():
+            result = run_local_training(job, on_start=console.start, on_status=console.on_status,
+                                        sink=console.log_line)
     finally:
-        display.close()
+        console.close()
     echo_result(result, as_json)
     if result.status == "Stopped":
         raise SystemExit(exit_codes.STOPPED)
@@ -284,79 +227,49 @@ def local_train(
         raise SystemExit(result.exit_code or exit_codes.FAILURE)
 
 
-def _backend(
-    mode: str, image: str | None, train_command: str | None, code_dir: Path | None, stop_timeout: float,
-    user: str | None, sink: LineSink | None = None,
-) -> TrainingBackend:
-    if mode == "process":
-        from smbyoc.emulator.process_backend import ProcessBackend, default_train_command
-
-        if user is not None:
-            raise ConfigError("only for --mode docker", key="--user")
-        command = shlex.split(train_command) if train_command else default_train_command()
-        if train_command:
-            first = Path(command[0])
-            if first.parent != Path() and not first.exists():
-                raise ConfigError("no such file", key=f"--train-command {command[0]}")
-        return ProcessBackend(command=command, stop_timeout=stop_timeout)
-    from smbyoc.build.docker_client import get_client
-    from smbyoc.emulator.docker_training import DockerTrainingBackend
-
-    if user is not None and not all(part.isdigit() for part in user.split(":", 1)):
-        raise ConfigError("expected a numeric UID or UID:GID", key=f"--user {user}")
-    client = get_client()
-    if image is None:
-        image = _default_train_image(client)
-    local_code = code_dir if code_dir is not None and not str(code_dir).startswith("s3://") else None
-    return DockerTrainingBackend(client=client, image=image, code_dir=local_code, stop_timeout=stop_timeout,
-                                 user=user, sink=sink)
-
-
-def _default_train_image(client: object) -> str:
-    try:
-        from smbyoc.build.defaults import ensure_default_image  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        from smbyoc.build.builder import ensure_image
-
-        return ensure_image("train", "cpu", client=client)
-    return str(ensure_default_image(client, "train"))
-
-
-def _submit_directory(source_dir: Path | None) -> str:
-    if source_dir is None:
-        return ""
-    text = str(source_dir)
-    if text.startswith(("s3://", "file://")):
-        return text
-    path = source_dir.expanduser()
-    if not path.exists():
-        raise ConfigError("no such file or directory", key=f"--source-dir {text}")
-    return str(path.resolve())
-
-
 @click.command("stop")
 @click.argument("job_name", required=False)
 @click.option("--list", "list_jobs", is_flag=True, help="List the running emulated training jobs.")
+@click.option("--all", "stop_all", is_flag=True,
+              help="Stop every running job and endpoint, and remove what orphaned ones (their smbyoc process "
+                   "was killed) left: processes, containers, networks, temporary trees, .partial files.")
 @library_errors
-def stop(job_name: str | None, list_jobs: bool) -> None:
+def stop(job_name: str | None, list_jobs: bool, stop_all: bool) -> None:
     """Stop a running `local-train` job as StopTrainingJob does (SIGTERM, then SIGKILL after the grace
-    period); the job ends `Stopped`.
+    period); the job ends `Stopped`. A job whose `smbyoc` process was killed is removed at once.
 
     \b
     Examples:
       smbyoc stop --list
       smbyoc stop my-job-2026-11-21-10-00-00-000
+      smbyoc stop --all                      # every job and endpoint (see `smbyoc ps`)
     """
-    from smbyoc.emulator.jobs import running_jobs, stop_job
+    from smbyoc.emulator import jobs, sweep
 
+    if stop_all:
+        if job_name is not None:
+            raise ConfigError("give a job or --all, not both", key="--all")
+        stopped, removed = sweep.stop_all(echo=lambda line: click.echo(line, err=True))
+        if removed:
+            click.echo(sweep.summary(removed), err=True)
+        elif not stopped:
+            click.echo("Nothing to stop.", err=True)
+        return
     if list_jobs or job_name is None:
-        jobs = running_jobs()
+        running = jobs.running_jobs()
         if job_name is None and not list_jobs:
-            raise ConfigError(f"give the job to stop (running: {', '.join(sorted(jobs)) or 'none'})", key="JOB_NAME")
-        for name, pid in sorted(jobs.items()):
+            raise ConfigError(f"give the job to stop (running: {', '.join(sorted(running)) or 'none'})",
+                              key="JOB_NAME")
+        for name, pid in sorted(running.items()):
             click.echo(f"{name}\tpid {pid}")
         return
-    pid = stop_job(job_name)
+    record = jobs.find(job_name)
+    if record.orphaned:
+        removed = sweep.sweep_record(record)
+        click.echo(f"{job_name}: its smbyoc process (pid {record.owner.pid}) is gone; removed: "
+                   f"{'; '.join(removed) or 'nothing was left'}", err=True)
+        return
+    pid = jobs.stop_owner(record)
     click.echo(f"Stopping {job_name} (emulator pid {pid}): SIGTERM now, SIGKILL after the grace period.", err=True)
 
 

@@ -1,8 +1,10 @@
 """Docker plumbing shared by emulated training jobs and endpoints.
 
 Every container and network the emulator creates carries the label ``com.smbyoc.owner`` so that it can
-be found and removed, also after a crash (:func:`remove_leftovers`). Docker SDK errors are translated
-by :func:`smbyoc.build.docker_client.translate_docker_errors`.
+be found and removed, also after a crash (:func:`remove_leftovers`), and the ``com.smbyoc.owner-*`` labels
+naming the emulator process that owns it (:class:`~smbyoc.emulator.owners.Owner`): when that process is
+gone (``kill -9``), :func:`remove_orphans` removes them. Docker SDK errors are translated by
+:func:`smbyoc.build.docker_client.translate_docker_errors`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from smbyoc.build.docker_client import translate_docker_errors
+from smbyoc.emulator.owners import Owner
 from smbyoc.errors import DockerError
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,8 @@ def unique_suffix() -> str:
 
 
 def labels(job: str, host: str | None = None) -> dict[str, str]:
-    result = {OWNER_LABEL: "smbyoc", JOB_LABEL: job}
+    """The labels of a container or network of ``job``, owned by this process."""
+    result = {OWNER_LABEL: "smbyoc", JOB_LABEL: job, **Owner.current().labels()}
     if host is not None:
         result[HOST_LABEL] = host
     return result
@@ -101,6 +105,30 @@ def remove_leftovers(client: Any) -> int:
     return count
 
 
+def owned_resources(client: Any) -> list[tuple[str, Any, Owner | None]]:
+    """``(kind, object, owner)`` of every smbyoc container and network, containers first; the owner is
+    None for resources created before owners were recorded."""
+    label = {"label": f"{OWNER_LABEL}=smbyoc"}
+    with translate_docker_errors("list smbyoc containers and networks"):
+        found: list[tuple[str, Any, Owner | None]] = [
+            ("container", c, Owner.from_labels(c.labels or {}))
+            for c in client.containers.list(all=True, filters=label)]
+        found += [("network", n, Owner.from_labels(n.attrs.get("Labels") or {}))
+                  for n in client.networks.list(filters=label)]
+    return found
+
+
+def remove_orphans(client: Any, owner: Owner | None = None) -> list[str]:
+    """Remove the containers and networks whose owner is gone (only ``owner``'s when given); their names."""
+    removed = []
+    for kind, obj, found in owned_resources(client):
+        if found is None or (owner is not None and found != owner) or found.alive():
+            continue
+        remove_quietly(obj, f"{kind} {obj.name}")
+        removed.append(f"{kind} {obj.name}")
+    return removed
+
+
 def invoking_owner() -> tuple[int, int]:
     """The user whose files the job should leave behind: the sudo caller under sudo, else ourselves."""
     if os.getuid() == 0 and os.environ.get("SUDO_UID", "").isdigit():
@@ -125,7 +153,7 @@ def chown_tree(client: Any, image: str, root: Path, owner: tuple[int, int], *, u
         client.containers.run(
             image, entrypoint=["chown", "-R", f"{uid}:{gid}", "/smbyoc-tree"], user="0:0",
             volumes={str(root): {"bind": "/smbyoc-tree", "mode": "rw"}}, remove=True, network_disabled=True,
-            labels={OWNER_LABEL: "smbyoc"},
+            labels={OWNER_LABEL: "smbyoc", **Owner.current().labels()},
         )
     except Exception as e:
         log.warning("could not give %s back to uid %d (the image has no chown?): %s", root, uid, e)

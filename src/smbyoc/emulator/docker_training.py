@@ -1,21 +1,24 @@
 """Docker mode for training: ``docker run IMAGE train`` per host, as SageMaker does.
 
 Per job: one bridge network; per host: a container whose hostname and network alias are the host name
-(``algo-1``...), with the host's ``/opt/ml`` parts bind-mounted (``input`` (FastFile channels
-read-only), ``model``, ``output``, ``checkpoints``, and ``code`` only when the user gave source code, so
-code baked into the image at ``/opt/ml/code`` stays visible), ``TRAINING_JOB_NAME``/``TRAINING_JOB_ARN``
-and the job's environment, and the CPU/memory of the instance type. Stopping is ``docker stop -t 120``
-(SIGTERM, then SIGKILL). Containers and the network are always removed, and files written inside the
-containers are given back to the invoking user.
+(``algo-1``...), at a fixed address on that network with an ``/etc/hosts`` entry for every host of the
+job (Docker's DNS forgets a container once it stops, while on SageMaker every host stays resolvable
+until the job ends: see :func:`create_job_network`), with the host's ``/opt/ml`` parts bind-mounted
+(``input`` (FastFile channels read-only), ``model``, ``output``, ``checkpoints``, and ``code`` only when
+the user gave source code, so code baked into the image at ``/opt/ml/code`` stays visible),
+``TRAINING_JOB_NAME``/``TRAINING_JOB_ARN`` and the job's environment, and the CPU/memory of the instance
+type. Stopping is ``docker stop -t 120`` (SIGTERM, then SIGKILL). Containers and the network are always
+removed, and files written inside the containers are given back to the invoking user.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,65 @@ def explain_start_error(error: Exception, host: str) -> Exception:
     return DockerError(f"{host}: the container did not start: {text.strip()}")
 
 
+#: Attempts at claiming the subnet Docker chose (another network may take it in between).
+SUBNET_ATTEMPTS = 5
+
+
+def host_addresses(subnet: str, gateway: str | None, hosts: Sequence[str]) -> dict[str, str]:
+    """A fixed address in ``subnet`` for every host (``algo-1`` first), skipping the gateway."""
+    network = ipaddress.ip_network(subnet)
+    taken = {ipaddress.ip_address(gateway) if gateway else network.network_address + 1}
+    free = (address for address in network.hosts() if address not in taken)
+    addresses = {host: str(address) for host, address in zip(hosts, free, strict=False)}
+    if len(addresses) < len(hosts):
+        raise DockerError(f"the job network's subnet {subnet} has room for {len(addresses)} hosts, "
+                          f"not {len(hosts)}")
+    return addresses
+
+
+def _ipv4_pool(network: Any) -> tuple[str, str | None]:
+    network.reload()
+    for pool in (network.attrs.get("IPAM") or {}).get("Config") or []:
+        subnet = pool.get("Subnet", "")
+        if subnet and ipaddress.ip_network(subnet).version == 4:
+            return subnet, pool.get("Gateway") or None
+    raise DockerError(f"the Docker Engine gave network {network.name} no IPv4 subnet")
+
+
+def create_job_network(client: Any, name: str, hosts: Sequence[str], *, internal: bool,
+                       labels: Mapping[str, str]) -> tuple[Any, dict[str, str]]:
+    """The job's bridge network and a fixed address on it for every host.
+
+    Containers need a subnet given at creation for fixed addresses, so Docker first picks a free one
+    (it knows its other networks, the host's routes and its configured address pools) for a throwaway
+    network, which is then created again with that subnet stated.
+    """
+    import docker.errors
+    import docker.types
+
+    for attempt in range(1, SUBNET_ATTEMPTS + 1):
+        probe = client.networks.create(name, driver="bridge", internal=internal, labels=dict(labels),
+                                       check_duplicate=True)
+        try:
+            subnet, gateway = _ipv4_pool(probe)
+        finally:
+            containers.remove_quietly(probe, "job network")
+        addresses = host_addresses(subnet, gateway, hosts)
+        pool = docker.types.IPAMPool(subnet=subnet, gateway=gateway)
+        try:
+            network = client.networks.create(name, driver="bridge", internal=internal, labels=dict(labels),
+                                             check_duplicate=True,
+                                             ipam=docker.types.IPAMConfig(pool_configs=[pool]))
+        except docker.errors.APIError as e:
+            if attempt < SUBNET_ATTEMPTS and "overlap" in str(e).lower():
+                log.debug("subnet %s was taken meanwhile (%s); trying again", subnet, e)
+                continue
+            raise
+        log.debug("job network %s: %s", name, addresses)
+        return network, addresses
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 @dataclass
 class DockerTrainingBackend:
     client: Any
@@ -109,7 +171,8 @@ class DockerTrainingBackend:
 
     # -- checks before anything starts ----------------------------------------------------------
     def preflight(self, spec: TrainingJobSpec) -> None:
-        """Refuse, with one line, what cannot run here: a missing image, Neuron devices that are absent."""
+        """Refuse, with one line, what cannot run here: a missing image, Neuron devices that are absent.
+        Called once per job, before anything is created; ``run`` does not look the image up again."""
         containers.require_image(self.client, self.image)
         neuron_devices_for(spec)
 
@@ -130,7 +193,10 @@ class DockerTrainingBackend:
             volumes[str(paths.code_dir)] = {"bind": f"{CONTAINER_ML}/code", "mode": "rw"}
         return volumes
 
-    def container_args(self, spec: TrainingJobSpec, tree: HostTree, network: str, suffix: str) -> dict[str, Any]:
+    def container_args(self, spec: TrainingJobSpec, tree: HostTree, network: str, suffix: str,
+                       addresses: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """``containers.create`` arguments; ``addresses`` (every host's fixed address on ``network``) pins
+        this host's address and lists every host in its ``/etc/hosts``."""
         instance = spec.instance
         environment = {"TRAINING_JOB_NAME": spec.job_name, "TRAINING_JOB_ARN": spec.job_arn,
                        **spec.environment}
@@ -153,7 +219,11 @@ class DockerTrainingBackend:
             args["network_mode"] = "none"
         else:
             args["network"] = network
-            args["networking_config"] = {network: self.client.api.create_endpoint_config(aliases=[tree.host])}
+            address = addresses.get(tree.host) if addresses else None
+            args["networking_config"] = {network: self.client.api.create_endpoint_config(
+                aliases=[tree.host], ipv4_address=address)}
+            if addresses:
+                args["extra_hosts"] = dict(addresses)
         requests = gpu_device_requests(spec.gpu_count)
         if requests:
             args["device_requests"] = requests
@@ -165,7 +235,6 @@ class DockerTrainingBackend:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, spec: TrainingJobSpec, trees: Sequence[HostTree]) -> list[HostOutcome]:
-        containers.require_image(self.client, self.image)
         self._stopping.clear()
         self.started.clear()
         self._interrupted.clear()
@@ -180,6 +249,7 @@ class DockerTrainingBackend:
                 containers.chown_tree(self.client, self.image, tree.root, (int(uid), int(gid or uid)),
                                       use_container=False)
         network = None
+        addresses: dict[str, str] = {}
         try:
             with translate_docker_errors(f"run training job {spec.job_name}"):
                 if spec.network_isolation and len(trees) == 1:
@@ -187,13 +257,13 @@ class DockerTrainingBackend:
                 else:
                     # With isolation and several hosts the hosts still reach each other (as SageMaker
                     # allows for distributed training), but an internal network has no route out.
-                    network = self.client.networks.create(
-                        f"smbyoc-{spec.job_name[:40]}-{suffix}", driver="bridge", internal=spec.network_isolation,
-                        labels=containers.labels(spec.job_name), check_duplicate=True)
+                    network, addresses = create_job_network(
+                        self.client, f"smbyoc-{spec.job_name[:40]}-{suffix}", [t.host for t in trees],
+                        internal=spec.network_isolation, labels=containers.labels(spec.job_name))
                     network_name = network.name
                 for tree in trees:
                     container = self.client.containers.create(
-                        **self.container_args(spec, tree, network_name, suffix))
+                        **self.container_args(spec, tree, network_name, suffix, addresses))
                     with self._lock:
                         self._containers.append(container)
                         self._hosts.append(tree.host)

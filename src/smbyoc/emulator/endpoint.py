@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smbyoc import environment_variables as ev
 from smbyoc.archives import is_tar_archive, safe_extract
-from smbyoc.emulator import containers
+from smbyoc.emulator import containers, jobs, owners
 from smbyoc.emulator.instance_types import lookup
 from smbyoc.emulator.runtime_client import wait_until_healthy
 from smbyoc.errors import ConfigError, ServingError
@@ -119,6 +120,10 @@ class Endpoint:
         self.spec = spec.validate()
         self.tail = _Tail(sink)
         self.root = Path(tempfile.mkdtemp(prefix="smbyoc-endpoint-"))
+        # Recorded so that `smbyoc ps` lists it and a sweep removes what a killed owner leaves.
+        self.token = owners.new_token()
+        jobs.register(jobs.ENDPOINT, self.root.name, mode=self.kind, tree=str(self.root), url=self.spec.url,
+                      token=self.token)
         self.model_dir = self.root / "model"
         self.startup_seconds: float | None = None
 
@@ -171,7 +176,9 @@ class Endpoint:
         try:
             self.stop()
         finally:
+            owners.end_processes(self.token)  # what left serve's process group (nginx, gunicorn)
             shutil.rmtree(self.root, ignore_errors=True)
+            jobs.unregister(jobs.ENDPOINT, self.root.name)
 
     def __enter__(self) -> Endpoint:
         self.start()
@@ -181,13 +188,44 @@ class Endpoint:
         self.close()
 
 
+#: What a user loses when ``serve`` runs without nginx (printed once, as one line).
+NO_NGINX_WARNING = (
+    "nginx is not installed: serving through gunicorn alone, unlike the image (/ping is answered by a "
+    "Python worker, so a busy model delays it; slow clients hold a worker; request bodies are not buffered "
+    "by nginx). Install nginx (apt-get install nginx) or pass --require-nginx to make this an error."
+)
+
+
+def resolve_nginx(environ: Mapping[str, str], *, require: bool) -> bool:
+    """Whether a local ``serve`` with ``environ`` will have nginx in front; warns once when it falls back.
+
+    ``SAGEMAKER_USE_NGINX=false`` in ``environ`` means no nginx, asked for. Otherwise nginx must be on
+    ``PATH``; when it is not, ``require`` makes that a :class:`ServingError`, else one warning.
+    """
+    if not ev.SAGEMAKER_USE_NGINX.get(environ):
+        return False
+    if shutil.which("nginx", path=environ.get("PATH")) is not None:
+        return True
+    if require:
+        raise ServingError("nginx not found on PATH (--require-nginx); install nginx (apt-get install nginx) "
+                           "or drop --require-nginx to serve through gunicorn alone")
+    log.warning(NO_NGINX_WARNING)
+    return False
+
+
 class ProcessEndpoint(Endpoint):
-    """``serve`` in a local process (needs nginx on PATH unless ``SAGEMAKER_USE_NGINX=false``)."""
+    """``serve`` in a local process.
+
+    ``serve`` puts nginx in front of gunicorn, as in the image. A laptop rarely has nginx: when it is not
+    on PATH the endpoint runs gunicorn alone (``SAGEMAKER_USE_NGINX=false``) with one warning saying what
+    differs, unless ``require_nginx`` is set, which makes a missing nginx an error before anything starts.
+    """
 
     kind = "process"
 
     def __init__(self, spec: EndpointSpec, sink: LineSink | None = _print_line,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, *, require_nginx: bool = False) -> None:
+        self.uses_nginx = resolve_nginx({**os.environ, **spec.environment}, require=require_nginx)
         super().__init__(spec, sink)
         self.command = command or [sys.executable, "-m", "smbyoc.serving.main"]
         self.process: subprocess.Popen[bytes] | None = None
@@ -198,14 +236,17 @@ class ProcessEndpoint(Endpoint):
         env.update({"SAGEMAKER_BASE_DIR": str(self.root), "SAGEMAKER_BIND_TO_PORT": str(self.spec.port),
                     "SMBYOC_SERVE_HOST": self.spec.bind_address, "PYTHONUNBUFFERED": "1"})
         env.update(self.spec.environment)
+        if not self.uses_nginx:
+            env["SAGEMAKER_USE_NGINX"] = "false"
         return env
 
     def _start(self) -> None:
         self.process = subprocess.Popen(
-            self.command, env=self.environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            self.command, env={**self.environment(), owners.TOKEN_VARIABLE: self.token}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         process = self.process
+        jobs.update(jobs.ENDPOINT, self.root.name, child=owners.Owner.of(process.pid).to_dict())
 
         def pump() -> None:
             assert process.stdout is not None

@@ -18,13 +18,19 @@ from typing import Any, Literal
 
 from smbyoc.emulator.instance_types import InstanceType, lookup
 from smbyoc.errors import ConfigError
+from smbyoc.opt_ml.hyperparameters_file import MAX_HYPERPARAMETERS, MAX_KEY_LENGTH, MAX_VALUE_LENGTH
+from smbyoc.opt_ml.input_data_config_file import (
+    COMPRESSION_TYPES,
+    INPUT_MODES,
+    RECORD_WRAPPER_TYPES,
+    S3_DISTRIBUTION_TYPES,
+    Channel,
+)
+from smbyoc.opt_ml.resource_config_file import ResourceConfig
 from smbyoc.paths import check_channel_name
 
 InputMode = Literal["File", "FastFile", "Pipe"]
-INPUT_MODES: tuple[str, ...] = ("File", "FastFile", "Pipe")
-DISTRIBUTIONS: tuple[str, ...] = ("FullyReplicated", "ShardedByS3Key")
-COMPRESSION_TYPES: tuple[str, ...] = ("None", "Gzip")
-RECORD_WRAPPER_TYPES: tuple[str, ...] = ("None", "RecordIO")
+DISTRIBUTIONS = S3_DISTRIBUTION_TYPES
 S3_DATA_TYPES: tuple[str, ...] = ("S3Prefix", "ManifestFile")
 
 #: BOTO ``TrainingJobName``: ``^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}``.
@@ -33,9 +39,8 @@ JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,511}$")
 MAX_ENV_ENTRIES = 100
 MAX_ENV_VALUE = 512
-MAX_HYPERPARAMETERS = 100
-MAX_HP_KEY = 256
-MAX_HP_VALUE = 2500
+MAX_HP_KEY = MAX_KEY_LENGTH
+MAX_HP_VALUE = MAX_VALUE_LENGTH
 
 #: Hyperparameters the SDK sets for script mode; always JSON-encoded by the SDK.
 SDK_PROGRAM_KEY = "sagemaker_program"
@@ -84,15 +89,12 @@ class ChannelSpec:
 
     def to_input_data_config(self) -> dict[str, str]:
         """The channel's entry in ``inputdataconfig.json`` (contract.md §1.3)."""
-        entry: dict[str, str] = {}
-        if self.content_type:
-            entry["ContentType"] = self.content_type
-        entry["TrainingInputMode"] = self.input_mode
-        entry["S3DistributionType"] = self.distribution
-        entry["RecordWrapperType"] = self.record_wrapper
-        if self.compression != "None":
-            entry["CompressionType"] = self.compression
-        return entry
+        return Channel(
+            name=self.name, input_mode=self.input_mode, content_type=self.content_type or None,
+            s3_distribution_type=self.distribution, record_wrapper_type=self.record_wrapper,
+            compression_type=None if self.compression == "None" else self.compression,
+            path=Path("/opt/ml/input/data") / self.name,
+        ).to_json()
 
 
 @dataclass(frozen=True)
@@ -138,18 +140,7 @@ class TrainingJobSpec:
 
     def resource_config(self, host: str) -> dict[str, Any]:
         """``resourceconfig.json`` for ``host`` (contract.md §1.3)."""
-        hosts = list(self.hosts)
-        return {
-            "current_host": host,
-            "current_instance_type": self.instance_type,
-            "current_group_name": "homogeneousCluster",
-            "hosts": hosts,
-            "instance_groups": [
-                {"instance_group_name": "homogeneousCluster", "instance_type": self.instance_type,
-                 "hosts": hosts}
-            ],
-            "network_interface_name": self.network_interface_name,
-        }
+        return ResourceConfig.homogeneous(host, self.hosts, self.instance_type, self.network_interface_name).to_json()
 
     def input_data_config(self) -> dict[str, dict[str, str]]:
         return {c.name: c.to_input_data_config() for c in self.channels}
@@ -240,14 +231,26 @@ def parse_cli_value(text: str, *, json_encode: bool) -> object:
         return text
 
 
+def merge_hyperparameters(
+    base: Mapping[str, object], pairs: Iterable[tuple[str, str]], *, json_encode: bool
+) -> dict[str, object]:
+    """A JSON object of hyperparameters with ``-H`` pairs merged over it (later wins), still typed."""
+    merged: dict[str, object] = dict(base)
+    for key, text in pairs:
+        merged[key] = parse_cli_value(text, json_encode=json_encode)
+    return merged
+
+
+def wire_hyperparameters(values: Mapping[str, object], *, json_encode: bool) -> dict[str, str]:
+    """Typed hyperparameters in the wire format (string→string)."""
+    return {str(k): to_wire_value(v, json_encode=json_encode) for k, v in values.items()}
+
+
 def build_hyperparameters(
     base: Mapping[str, object], pairs: Iterable[tuple[str, str]], *, json_encode: bool
 ) -> dict[str, str]:
     """Merge a JSON object of hyperparameters with ``-H`` pairs (later wins) into the wire format."""
-    merged: dict[str, object] = dict(base)
-    for key, text in pairs:
-        merged[key] = parse_cli_value(text, json_encode=json_encode)
-    return {str(k): to_wire_value(v, json_encode=json_encode) for k, v in merged.items()}
+    return wire_hyperparameters(merge_hyperparameters(base, pairs, json_encode=json_encode), json_encode=json_encode)
 
 
 def load_hyperparameters_argument(text: str) -> dict[str, object]:

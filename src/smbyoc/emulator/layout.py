@@ -6,15 +6,16 @@ mounts its parts at ``/opt/ml``.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from smbyoc.emulator.job_spec import ChannelSpec, TrainingJobSpec
+from smbyoc.opt_ml import hyperparameters_file, input_data_config_file, resource_config_file
+from smbyoc.opt_ml.input_data_config_file import Channel
+from smbyoc.opt_ml.resource_config_file import ResourceConfig
 from smbyoc.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,6 @@ def channel_files(source: Path) -> list[Path]:
 def shard(files: list[Path], host_index: int, host_count: int) -> list[Path]:
     """``ShardedByS3Key``: host ``i`` (0-based) of ``n`` gets every ``n``-th object of the sorted keys."""
     return files[host_index::host_count]
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".partial")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def channel_objects(channel: ChannelSpec, host_index: int = 0, host_count: int = 1) -> list[tuple[str, Path]]:
@@ -101,6 +95,16 @@ def make_writable(root: Path) -> None:
         path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
+def _channel(channel: ChannelSpec, paths: Paths) -> Channel:
+    """The ``inputdataconfig.json`` entry of a requested channel (``CompressionType`` only when not None)."""
+    return Channel(
+        name=channel.name, input_mode=channel.input_mode, content_type=channel.content_type or None,
+        s3_distribution_type=channel.distribution, record_wrapper_type=channel.record_wrapper,
+        compression_type=None if channel.compression == "None" else channel.compression,
+        path=paths.channel_dir(channel.name),
+    )
+
+
 def lay_out_host(spec: TrainingJobSpec, host: str, root: Path, *, copy_channels: bool = True) -> HostTree:
     """Create ``root`` as ``host``'s ``/opt/ml``: config files, channel data, empty output dirs."""
     tree = HostTree(host, root)
@@ -108,9 +112,11 @@ def lay_out_host(spec: TrainingJobSpec, host: str, root: Path, *, copy_channels:
     for directory in (paths.input_config_dir, paths.input_data_dir, paths.model_dir, paths.output_dir,
                       paths.output_data_dir, paths.checkpoints_dir, paths.code_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    _write_json(paths.hyperparameters_file, dict(spec.hyperparameters))
-    _write_json(paths.resource_config_file, spec.resource_config(host))
-    _write_json(paths.input_data_config_file, spec.input_data_config())
+    hyperparameters_file.write(paths, spec.hyperparameters)
+    resource_config_file.write(
+        paths, ResourceConfig.homogeneous(host, spec.hosts, spec.instance_type, spec.network_interface_name)
+    )
+    input_data_config_file.write(paths, [_channel(channel, paths) for channel in spec.channels])
     if copy_channels:
         hosts = spec.hosts
         for channel in spec.channels:

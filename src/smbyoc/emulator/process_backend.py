@@ -2,6 +2,11 @@
 
 No Docker is needed, and a debugger or ``breakpoint()`` works because the program shares the terminal.
 One host only (several hosts need their own network names: use Docker mode).
+
+Every process of the job (``train``, the program, whatever it starts) carries the job's token in
+``SMBYOC_OWNER_TOKEN``, recorded with the ``train`` process in the job's record. When ``train`` exits,
+processes still carrying the token are ended (SIGTERM, then SIGKILL after :data:`LEFTOVER_GRACE` s), as the
+end of a SageMaker container ends them; the SIGKILL fallback of a stop reaches all of them at once.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from smbyoc import exit_codes
+from smbyoc.emulator import jobs, owners
 from smbyoc.emulator.job_spec import TrainingJobSpec
 from smbyoc.emulator.layout import HostTree
+from smbyoc.emulator.programs import describe_program
 from smbyoc.emulator.result import HostOutcome
 from smbyoc.errors import ConfigError, UserCodeError
 
@@ -26,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Variables from the caller's environment that would leak another job's settings into this one.
 _LEAKY_PREFIXES = ("SM_", "SAGEMAKER_", "TRAINING_JOB_")
+#: Seconds processes left behind by a finished ``train`` get between SIGTERM and SIGKILL.
+LEFTOVER_GRACE = 2.0
 
 
 def default_train_command() -> list[str]:
@@ -58,33 +68,44 @@ class ProcessBackend:
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _timer: threading.Timer | None = field(default=None, init=False, repr=False)
+    _token: str = field(default="", init=False, repr=False)
     #: Set once the program runs (the job's lifecycle timers count from here).
     started: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     def preflight(self, spec: TrainingJobSpec) -> None:
-        """What process mode cannot emulate is refused before anything starts."""
+        """What process mode cannot emulate, and a ``train`` program given by path that is not there, are
+        refused before anything starts."""
         if spec.instance_count != 1:
             raise ConfigError("process mode runs a single host; use --mode docker for several",
                               key=f"--instance-count {spec.instance_count}")
         if spec.network_isolation:
             raise ConfigError("a local process cannot be cut off the network; use --mode docker",
                               key="--network-isolation")
+        if spec.gpus is not None:
+            raise ConfigError("only for --mode docker (a local process sees the machine's GPUs)", key="--gpus")
+        first = Path(self.command[0]) if self.command else None
+        if first is not None and first.parent != Path() and not first.exists():
+            raise ConfigError("no such file", key=f"--train-command {self.command[0]}")
 
     def run(self, spec: TrainingJobSpec, trees: Sequence[HostTree]) -> list[HostOutcome]:
-        self.preflight(spec)
         self._stopping.clear()
         self.started.clear()
         tree = trees[0]
         argv = list(self.command)
-        log.info("running %s with SAGEMAKER_BASE_DIR=%s", " ".join(argv), tree.root)
+        log.info("running %s (%s) with SAGEMAKER_BASE_DIR=%s", " ".join(argv), describe_program(argv), tree.root)
+        self._token = owners.new_token()
+        jobs.update(jobs.TRAINING, spec.job_name, token=self._token)  # recorded before any process exists
+        env = {**job_environment(spec, tree), owners.TOKEN_VARIABLE: self._token}
         try:
             # A session of its own: Ctrl-C reaches the emulator, which stops the job as
             # StopTrainingJob does (SIGTERM to the program) instead of interrupting it twice.
-            self._process = subprocess.Popen(argv, env=job_environment(spec, tree), start_new_session=True)
+            self._process = subprocess.Popen(argv, env=env, start_new_session=True)
         except FileNotFoundError as e:
             raise UserCodeError(f"train command not found: {argv[0]}") from e
         except PermissionError as e:
             raise UserCodeError(f"train command is not executable: {argv[0]}") from e
+        pid = self._process.pid
+        jobs.update(jobs.TRAINING, spec.job_name, child=owners.Owner.of(pid).to_dict())
         self.started.set()
         if self._stopping.is_set():
             self.stop()
@@ -94,6 +115,10 @@ class ProcessBackend:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            left = owners.end_processes(self._token, grace=LEFTOVER_GRACE)
+            if left:
+                log.warning("ended %d process(es) train left running (%s): SIGTERM, then SIGKILL after %g s",
+                            len(left), ", ".join(map(str, left)), LEFTOVER_GRACE)
         return [HostOutcome(tree.host, exit_codes.from_returncode(returncode))]
 
     def _wait(self) -> int:
@@ -119,6 +144,9 @@ class ProcessBackend:
         process = self._process
         if process is None or process.poll() is not None:
             return
-        log.warning("killing the training process group (SIGKILL)")
+        log.warning("killing the training processes (SIGKILL)")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        # The program runs in a process group of its own (train forwards signals to it) and may have
+        # started others: everything that carries the job's token goes too.
+        owners.end_processes(self._token, term=False)

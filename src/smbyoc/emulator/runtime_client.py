@@ -2,7 +2,8 @@
 
 SageMaker limits request and response bodies to 6 MB (6,291,456 bytes) and the container's answer to
 60 s; a non-2xx answer from the container reaches the caller as ``ModelError`` (HTTP 424) carrying the
-``OriginalStatusCode`` and ``OriginalMessage`` (contract.md §3.3). Uses ``http.client`` directly so no
+``OriginalStatusCode`` and ``OriginalMessage`` (contract.md §3.3), worded as SageMaker words it
+(:func:`model_error_message`). Uses ``http.client`` directly so no
 proxy setting can divert requests meant for 127.0.0.1.
 """
 
@@ -118,11 +119,21 @@ def invoke(
                           f"{MAX_BODY_BYTES:,} (6 MB)", status=424, original_status=response.status)
     if not 200 <= response.status < 300:
         message = response.body.decode("utf-8", "replace")
-        raise InvokeError(
-            "ModelError", f"Received client error ({response.status}) from primary with message \"{message}\"",
-            status=424, original_status=response.status, original_message=message,
-        )
+        raise InvokeError("ModelError", model_error_message(response.status, message), status=424,
+                          original_status=response.status, original_message=message)
     return response
+
+
+def model_error_message(status: int, message: str) -> str:
+    """SageMaker's ``ModelError`` message for a container's non-2xx answer.
+
+    ``Received client error (4xx) ...`` / ``Received server error (5xx) from primary with message "..."``
+    as InvokeEndpoint words it (``primary``: the endpoint's container); SageMaker then points to the
+    endpoint's CloudWatch log group, here the endpoint's log (``local-serve``'s output).
+    """
+    kind = "server" if status >= 500 else "client"
+    return (f"Received {kind} error ({status}) from primary with message \"{message}\". "
+            "See the endpoint's log for more information.")
 
 
 def wait_until_healthy(

@@ -3,17 +3,59 @@
 On a terminal the status line (job name, host count, elapsed time, the states so far, e.g.
 ``Starting → Downloading → Training``) is redrawn in place every second on stderr, and log lines are
 printed above it; elsewhere (CI logs, pipes) each state change is one plain line.
+
+Text that came from the job (its ``FailureReason``) goes through :func:`terminal_safe` before it reaches
+a terminal, and under ``--json`` :func:`stdout_to_stderr` keeps standard output for the JSON alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 ARROW = " → "
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every non-printable character but newline and tab shown escaped, as ``\\xNN``,
+    ``\\uNNNN`` or ``\\UNNNNNNNN`` (ESC is ``\\x1b``): a failure file cannot drive the terminal."""
+    return "".join(c if c.isprintable() or c in "\n\t" else _escape(c) for c in text)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to standard output meanwhile to standard error instead.
+
+    Both levels move: ``sys.stdout`` (the emulator's own lines) and file descriptor 1 (what a process
+    mode program, which inherits it, prints), so standard output can carry one JSON document alone.
+    """
+    sys.stdout.flush()
+    try:
+        saved: int | None = os.dup(1)
+        sys.stderr.flush()
+        os.dup2(2, 1)
+    except OSError:  # no descriptor 1 (a detached process): only sys.stdout moves
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def format_elapsed(seconds: float) -> str:

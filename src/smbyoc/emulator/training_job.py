@@ -28,6 +28,7 @@ from smbyoc.emulator.job_spec import TrainingJobSpec
 from smbyoc.emulator.layout import HostTree, channel_objects, lay_out_host, make_writable
 from smbyoc.emulator.pipe_feeder import PipeSource, start_feeders, stop_feeders
 from smbyoc.emulator.result import HostOutcome, TrainingJobResult
+from smbyoc.emulator.status import terminal_safe
 from smbyoc.training import failure
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ class TrainingBackend(Protocol):
     """Runs every host of a prepared job and returns one outcome per host."""
 
     name: str
+    #: Set once the job's programs run (MaxRuntimeInSeconds and the spot reclaim count from here).
+    started: threading.Event
+
+    def preflight(self, spec: TrainingJobSpec) -> None:
+        """Refuse, with one ConfigError or DockerError line, what this backend cannot run; called once,
+        before any tree, process or container exists (``run`` does not check again)."""
 
     def run(self, spec: TrainingJobSpec, trees: Sequence[HostTree]) -> list[HostOutcome]: ...
 
@@ -107,8 +114,7 @@ class _Lifecycle:
         return 0.0 if self.started_at is None else time.monotonic() - self.started_at
 
     def _watch(self) -> None:
-        started: threading.Event | None = getattr(self.backend, "started", None)
-        while started is not None and not started.is_set():
+        while not self.backend.started.is_set():
             if self._done.wait(0.05):
                 return
         self.started_at = time.monotonic()
@@ -166,9 +172,25 @@ class _History:
         if self.items and self.items[-1].end_time is None:
             self.items[-1] = dataclasses.replace(self.items[-1], end_time=now)
         self.items.append(result.StatusTransition(secondary, now, None, message))
-        log.info("%s: %s - %s%s", self.job_name, primary, secondary, f" ({message})" if message else "")
+        log.info("%s: %s - %s%s", self.job_name, primary, secondary,
+                 f" ({terminal_safe(message)})" if message else "")  # a failure file's text, for a terminal
         if self.on_status is not None:
             self.on_status(primary, secondary)
+
+
+@contextlib.contextmanager
+def _job_tree(job_name: str, work_dir: Path | None, keep: bool) -> Iterator[Path]:
+    """The job's temporary tree (recorded in the job's record), removed at the end unless ``keep``."""
+    root = Path(tempfile.mkdtemp(prefix=f"smbyoc-{job_name[:40]}-", dir=work_dir))
+    jobs.update(jobs.TRAINING, job_name, tree=str(root))
+    try:
+        yield root
+    finally:
+        if keep:
+            log.info("job tree kept at %s", root)
+        else:
+            make_writable(root)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def run_training_job(
@@ -179,72 +201,73 @@ def run_training_job(
     keep_tree: bool = False,
     work_dir: Path | None = None,
     on_status: StatusCallback | None = None,
+    checked: bool = False,
 ) -> TrainingJobResult:
-    """Run ``spec`` on ``backend`` and write its artifacts under ``output_dir/<job-name>/output``."""
-    spec.validate()
-    preflight = getattr(backend, "preflight", None)
-    if preflight is not None:
-        preflight(spec)  # bad input is refused before any tree or container exists
+    """Check ``spec`` (its API limits, then ``backend.preflight``) and run it on ``backend``, writing its
+    artifacts under ``output_dir/<job-name>/output``.
+
+    ``checked``: the caller already ran ``spec.validate()`` and ``backend.preflight(spec)``, as
+    :func:`smbyoc.emulator.run_local_training` does (it builds the backend between the two).
+    """
+    if not checked:
+        spec.validate()
+        backend.preflight(spec)  # bad input is refused before any tree or container exists
     start = _dt.datetime.now(_dt.timezone.utc)
     status = _History(spec.job_name, on_status)
     status("InProgress", result.STARTING, "Preparing the instances for training")
-    root = Path(tempfile.mkdtemp(prefix=f"smbyoc-{spec.job_name[:40]}-", dir=work_dir))
     stopped = threading.Event()
     outcomes: list[HostOutcome] = []
     job_artifacts = None
     end_reason: str | None = None
     interruptions = 0
     container_seconds = 0.0
-    try:
-        with stop_on_signals(backend, stopped), jobs.registered(spec.job_name, backend.name):
-            status("InProgress", result.DOWNLOADING, "Downloading input data")
-            trees = [lay_out_host(spec, host, root / host) for host in spec.hosts]
-            sync = None
-            if spec.checkpoint_dir is not None:
-                sync = CheckpointSync(spec.checkpoint_dir, [(t.host, t.paths.checkpoints_dir) for t in trees])
-                sync.start_job()
-            while not stopped.is_set():
-                status("InProgress", result.TRAINING, "Training image download completed. Training in progress.")
-                feeders = [f for t in trees for f in start_feeders(pipe_sources(spec, t.host),
-                                                                   t.paths.input_data_dir, t.host)]
+    # The record names the tree and the output directory before they exist, so that whatever a killed
+    # emulator leaves is found and removed (smbyoc.emulator.sweep).
+    with jobs.registered(spec.job_name, backend.name,
+                         output_dir=str(artifacts.job_output_dir(output_dir, spec.job_name))), \
+            _job_tree(spec.job_name, work_dir, keep_tree) as root, stop_on_signals(backend, stopped):
+        status("InProgress", result.DOWNLOADING, "Downloading input data")
+        trees = [lay_out_host(spec, host, root / host) for host in spec.hosts]
+        sync = None
+        if spec.checkpoint_dir is not None:
+            sync = CheckpointSync(spec.checkpoint_dir, [(t.host, t.paths.checkpoints_dir) for t in trees])
+            sync.start_job()
+        while not stopped.is_set():
+            status("InProgress", result.TRAINING, "Training image download completed. Training in progress.")
+            feeders = [f for t in trees for f in start_feeders(pipe_sources(spec, t.host),
+                                                               t.paths.input_data_dir, t.host)]
+            if sync is not None:
+                sync.start()
+            try:
+                with _Lifecycle(spec, backend, container_seconds, interruptions == 0) as lifecycle:
+                    outcomes = backend.run(spec, trees)
+            finally:
+                stop_feeders(feeders)
                 if sync is not None:
-                    sync.start()
-                try:
-                    with _Lifecycle(spec, backend, container_seconds, interruptions == 0) as lifecycle:
-                        outcomes = backend.run(spec, trees)
-                finally:
-                    stop_feeders(feeders)
-                    if sync is not None:
-                        sync.finish()
-                container_seconds += lifecycle.elapsed
-                end_reason = lifecycle.reason
-                if end_reason == result.INTERRUPTED and not stopped.is_set():
-                    interruptions += 1
-                    status("InProgress", result.INTERRUPTED, "The job was interrupted (emulated spot reclaim)")
-                    status("InProgress", result.RESTARTING, "Restarting the job from its checkpoints")
-                    if sync is None:
-                        log.warning("no --checkpoint-s3-dir: the restarted job starts from scratch")
-                    for tree in trees:
-                        _fresh_outputs(tree)
-                    if sync is not None:
-                        sync.start_job()
-                    continue
-                break
-            status("InProgress", result.UPLOADING, "Uploading generated training model")
-            job_artifacts = artifacts.collect(
-                [(t.host, t.root) for t in trees], output_dir, spec.job_name,
-                compress=spec.output_compression != "NONE",
-            )
-            outcomes = [
-                dataclasses.replace(o, failure_reason=o.failure_reason or read_failure_reason(t))
-                for o, t in zip(outcomes, trees, strict=False)
-            ]
-    finally:
-        if keep_tree:
-            log.info("job tree kept at %s", root)
-        else:
-            make_writable(root)
-            shutil.rmtree(root, ignore_errors=True)
+                    sync.finish()
+            container_seconds += lifecycle.elapsed
+            end_reason = lifecycle.reason
+            if end_reason == result.INTERRUPTED and not stopped.is_set():
+                interruptions += 1
+                status("InProgress", result.INTERRUPTED, "The job was interrupted (emulated spot reclaim)")
+                status("InProgress", result.RESTARTING, "Restarting the job from its checkpoints")
+                if sync is None:
+                    log.warning("no --checkpoint-s3-dir: the restarted job starts from scratch")
+                for tree in trees:
+                    _fresh_outputs(tree)
+                if sync is not None:
+                    sync.start_job()
+                continue
+            break
+        status("InProgress", result.UPLOADING, "Uploading generated training model")
+        job_artifacts = artifacts.collect(
+            [(t.host, t.root) for t in trees], output_dir, spec.job_name,
+            compress=spec.output_compression != "NONE",
+        )
+        outcomes = [
+            dataclasses.replace(o, failure_reason=o.failure_reason or read_failure_reason(t))
+            for o, t in zip(outcomes, trees, strict=False)
+        ]
     job = _finish(spec, backend.name, start, outcomes, job_artifacts, stopped.is_set(), status,
                   max_runtime_exceeded=end_reason == result.MAX_RUNTIME_EXCEEDED)
     return dataclasses.replace(
@@ -286,17 +309,10 @@ def _finish(
     if failed and not stopped and not max_runtime_exceeded:
         first = failed[0]
         exit_code = first.exit_code if first.exit_code is not None else 1
-        detail = first.failure_reason or (
-            f"AlgorithmError: the training program exited with status {exit_code} and wrote no "
-            "/opt/ml/output/failure"
-        )
-        if len(spec.hosts) == 1:
-            reason = detail
-        else:
-            others = [o.host for o in outcomes if o.host != first.host and o.stopped_by_emulator]
-            stopped_note = f" (stopped the other hosts: {', '.join(others)})" if others else ""
-            reason = f"{first.host}: {detail.rstrip()}{stopped_note}"
-        reason = reason[:FAILURE_REASON_LIMIT]
+        # SageMaker's shape, whatever the host count: which host failed is in ``hosts``.
+        on_host = f" on {first.host}" if len(spec.hosts) > 1 else ""
+        reason = failure.algorithm_error_reason(first.failure_reason or (
+            f"the training program{on_host} exited with status {exit_code} and wrote no /opt/ml/output/failure"))
     elif not outcomes and not stopped and not max_runtime_exceeded:
         exit_code = 1
         reason = "the job did not run"

@@ -21,6 +21,7 @@ from smbyoc.serving.model_holder import DEFAULT_MODEL, ModelHolder, ModelState
 from smbyoc.serving.responses import (
     JSON_TYPE,
     Ping,
+    error_json,
     error_response,
     execution_parameters,
     invoke,
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(env: ServingEnv, holder: ModelHolder) -> Flask:
-    codecs.allow_pickle(env.npy_allow_pickle)
+    codecs.configure(allow_pickle=env.npy_allow_pickle, max_decoded_mb=env.max_decoded_payload_mb)
     app = Flask("smbyoc.serving")
     app.config["MAX_CONTENT_LENGTH"] = env.max_payload_bytes  # when gunicorn is reached directly
 
@@ -75,8 +76,7 @@ def create_app(env: ServingEnv, holder: ModelHolder) -> Flask:
 
     def unexpected(error: Exception) -> Response:
         logger.exception("unexpected error")
-        return json_response({"error": "Internal Server Error", "message": f"{type(error).__name__}: {error}",
-                               "status": 500}, 500)
+        return error_json(500, f"{type(error).__name__}: {error}")
 
     app.register_error_handler(HTTPException, error_response)
     app.register_error_handler(Exception, unexpected)

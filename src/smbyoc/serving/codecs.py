@@ -8,21 +8,38 @@ code in the server). ``application/x-npz`` decodes to a ``scipy.sparse`` matrix 
 written by ``scipy.sparse.save_npz`` and scipy is importable (as sagemaker-inference does), otherwise
 to a ``dict`` of arrays (``numpy.load``). ``application/jsonlines`` decodes to an array of the lines'
 values (a list when they are ragged); ``application/octet-stream`` passes the bytes through.
+
+Hostile bodies: NPY headers and zip member sizes are read before anything is allocated or decompressed
+and checked against a decoded-size limit (``SMBYOC_MAX_DECODED_PAYLOAD_IN_MB``, 413 above it), zip members
+are read through a stream bounded by their declared size, and every failure of a decoder on a body is
+a 400 naming the type and the problem. The default encoders write non-finite floats as JSON ``null``
+and answer 406 naming the value for predictions the requested type cannot hold (docs/serving.md).
 """
 
 from __future__ import annotations
 
+import codecs as _codecs
 import functools
 import io
 import json
-import pickle
+import math
+import zipfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
-from smbyoc.serving.errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from smbyoc.serving.errors import (
+    BadRequest,
+    NotAcceptable,
+    PayloadTooLarge,
+    ServingHTTPError,
+    UnsupportedMediaType,
+    clip,
+)
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -57,6 +74,31 @@ def media_type(header: str | None) -> tuple[str, Mapping[str, str]]:
 
 _NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
+#: Python codecs that are not character sets a client can mean (``b"".decode`` accepts them all).
+_NOT_CHARSETS = frozenset({"undefined", "punycode", "idna", "unicode-escape", "raw-unicode-escape", "palmos"})
+
+
+@functools.lru_cache(maxsize=64)
+def text_encoding(charset: str) -> str:
+    """The Python codec for a Content-Type ``charset``; 415 for one that is unknown or not a text encoding
+    (``rot13``, ``base64``) or a Python-only pseudo-charset (``undefined``, ``punycode``, ``idna``...)."""
+    try:
+        info = _codecs.lookup(charset)
+    except (LookupError, ValueError):
+        info = None
+    if info is None or not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
+        raise UnsupportedMediaType(clip(f"charset {charset!r} is not a supported text encoding; use utf-8"))
+    return info.name
+
+
+def decode_text(body: bytes, content_type: str, charset: str | None) -> str:
+    """A text body (JSON, CSV, JSON Lines) as ``str``: 415 for an unknown charset, 400 if it does not decode."""
+    encoding = "utf-8" if not charset else text_encoding(charset)
+    try:
+        return body.decode(encoding)
+    except ValueError as e:  # UnicodeError and friends
+        raise BadRequest(clip(f"request body is not valid {content_type} text in {encoding}: {e}")) from e
+
 
 # ------------------------------------------------------------------------------------------ decoding
 
@@ -86,32 +128,126 @@ def _simple_csv(text: str) -> Any:
     return np.array(rows, dtype=float).squeeze()
 
 
-def _npy(data: str | bytes) -> Any:
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    return np.load(io.BytesIO(raw), allow_pickle=_ALLOW_PICKLE[0])
+MIB = 1024 * 1024
 
 
-#: Whether NPY object arrays may be unpickled (set once from SMBYOC_NPY_ALLOW_PICKLE by the app).
-_ALLOW_PICKLE = [False]
+@dataclass
+class DecodeLimits:
+    """Set once per process from the serving environment (:func:`configure`)."""
+
+    allow_pickle: bool = False
+    max_decoded_mb: int = 24  # 4 x the default SAGEMAKER_MAX_PAYLOAD_IN_MB
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return self.max_decoded_mb * MIB
+
+
+LIMITS = DecodeLimits()
+
+
+def configure(*, allow_pickle: bool, max_decoded_mb: int) -> None:
+    """``SMBYOC_NPY_ALLOW_PICKLE`` and ``SMBYOC_MAX_DECODED_PAYLOAD_IN_MB`` for this process's decoders."""
+    LIMITS.allow_pickle = allow_pickle
+    LIMITS.max_decoded_mb = max_decoded_mb
 
 
 def allow_pickle(enabled: bool) -> None:
     """sagemaker-inference loads NPY with ``allow_pickle=True``; smbyoc only when this is enabled."""
-    _ALLOW_PICKLE[0] = enabled
+    LIMITS.allow_pickle = enabled
+
+
+def _too_large(what: str, size: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"{what} would decode to {size} bytes, over the limit of {LIMITS.max_decoded_bytes} bytes "
+        f"(SMBYOC_MAX_DECODED_PAYLOAD_IN_MB={LIMITS.max_decoded_mb})"
+    )
+
+
+def _raw(data: str | bytes) -> bytes:
+    return data.encode("utf-8") if isinstance(data, str) else data
+
+
+def _npy(data: str | bytes) -> Any:
+    return read_npy(_raw(data), "the NPY body")
+
+
+def read_npy(raw: bytes, what: str) -> Any:
+    """``numpy.load`` of one NPY blob, with its header read and checked first: the declared size against
+    :attr:`DecodeLimits.max_decoded_bytes` (413) and against the data present (400 when truncated), so a
+    hostile header cannot make the worker allocate more than the limit."""
+    if not raw.startswith(npy_format.MAGIC_PREFIX):
+        if raw.startswith(b"PK"):
+            raise ValueError(f"{what} is a zip archive, not an NPY array: send it as {NPZ}")
+        if LIMITS.allow_pickle:  # sagemaker-inference's np.load(allow_pickle=True) also loads plain pickles
+            return np.load(io.BytesIO(raw), allow_pickle=True)
+        raise ValueError(f"{what} does not start with the NPY magic string \\x93NUMPY")
+    stream = io.BytesIO(raw)
+    version = npy_format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = npy_format.read_array_header_1_0(stream)
+    elif version in ((2, 0), (3, 0)):  # 3.0 only changes the header's text encoding (utf-8 field names)
+        shape, fortran_order, dtype = npy_format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"{what}: unsupported NPY format version {version[0]}.{version[1]}")
+    if dtype.hasobject:
+        if not LIMITS.allow_pickle:
+            raise ValueError(f"{what} holds Python objects ({dtype}); only SMBYOC_NPY_ALLOW_PICKLE=true unpickles them")
+        return np.load(io.BytesIO(raw), allow_pickle=True)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"{what}: the header declares a negative dimension in shape {shape}")
+    count = math.prod(shape)
+    size = count * dtype.itemsize
+    if size > LIMITS.max_decoded_bytes:
+        raise _too_large(f"{what} (shape {shape}, dtype {dtype})", size)
+    offset = stream.tell()
+    if len(raw) - offset < size:
+        raise ValueError(
+            f"{what} is truncated: its header declares shape {shape} of {dtype} ({size} bytes) "
+            f"but {len(raw) - offset} bytes of data follow"
+        )
+    if dtype.shape or dtype.itemsize == 0:  # sub-array and empty dtypes: numpy's own reader (size is checked)
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    flat = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).copy()  # what np.load returns
+    if fortran_order:
+        return flat.reshape(shape[::-1]).transpose()
+    return flat.reshape(shape)
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """One member's bytes through a stream bounded by its declared size (the sum of those is checked)."""
+    with archive.open(info) as stream:
+        blob = stream.read(info.file_size + 1)
+    if len(blob) > info.file_size:  # zipfile stops at the declared size; this states the invariant
+        raise _too_large(f"npz member {info.filename!r}", len(blob))
+    return blob
 
 
 def _npz(data: str | bytes) -> Any:
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
-        names = set(archive.files)
-        if {"format", "shape"} <= names:
-            try:
-                import scipy.sparse
-            except ImportError:
-                pass
-            else:
-                return scipy.sparse.load_npz(io.BytesIO(raw))
-        return {name: archive[name] for name in archive.files}
+    raw = _raw(data)
+    arrays: dict[str, Any] = {}
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        members = archive.infolist()
+        declared = sum(info.file_size for info in members)
+        if declared > LIMITS.max_decoded_bytes:
+            raise _too_large(f"the npz archive ({len(members)} members)", declared)
+        for info in members:
+            blob = _read_member(archive, info)
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            is_npy = blob.startswith(npy_format.MAGIC_PREFIX)
+            arrays[name] = read_npy(blob, f"npz member {info.filename!r}") if is_npy else blob
+    if {"format", "shape"} <= arrays.keys():
+        try:
+            import scipy.sparse
+        except ImportError:
+            pass
+        else:  # the members were checked above, so reading them again is bounded too
+            matrix = scipy.sparse.load_npz(io.BytesIO(raw))
+            check = getattr(matrix, "check_format", None)
+            if check is not None:
+                check(full_check=True)  # out-of-range indices would make later operations read out of bounds
+            return matrix
+    return arrays
 
 
 def _jsonlines(data: str | bytes) -> Any:
@@ -133,27 +269,60 @@ DECODERS: dict[str, Callable[[str | bytes], Any]] = {
 
 
 def decode(data: str | bytes, content_type: str) -> Any:
-    """Decode a request body; 415 for an unknown type, 400 for a body that does not parse."""
+    """Decode a request body; 415 for an unknown type, 413 for one that would decode to more than
+    ``SMBYOC_MAX_DECODED_PAYLOAD_IN_MB``, 400 for a body that does not parse.
+
+    Every exception a decoder raises on a body is the body's fault (a broken zip, a zlib error, an
+    encrypted member, a bad NPY header, JSON nested too deeply...), so all of them are 400 here."""
     kind = ALIASES.get(content_type, content_type)
     decoder = DECODERS.get(kind)
     if decoder is None:
         raise UnsupportedMediaType(
-            f"Content-Type {content_type!r} is not supported; supported: {', '.join(sorted(DECODERS))}"
+            clip(f"Content-Type {content_type!r} is not supported; supported: {', '.join(sorted(DECODERS))}")
         )
     try:
         return decoder(data)
-    except (ValueError, TypeError, OSError, EOFError, UnicodeDecodeError, pickle.UnpicklingError) as e:
-        raise BadRequest(f"request body is not valid {kind}: {e}") from e
+    except (ServingHTTPError, MemoryError):
+        raise
+    except RecursionError as e:
+        raise BadRequest(f"request body is not valid {kind}: it is nested too deeply") from e
+    except Exception as e:
+        raise BadRequest(clip(f"request body is not valid {kind}: {describe(e)}")) from e
+
+
+def describe(error: BaseException) -> str:
+    """``message`` of an exception, or its type name when the message is empty (``zlib.error()``...)."""
+    text = str(error)
+    name = type(error).__name__
+    return f"{name}: {text}" if text and name not in ("ValueError", "JSONDecodeError") else (text or name)
 
 
 # ------------------------------------------------------------------------------------------ encoding
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity replaced by None (JSON has no literal for them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (list, tuple)):
+        return [_finite(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    return obj
+
+
 def _default(obj: Any) -> Any:
+    if isinstance(obj, (complex, np.complexfloating)):
+        raise TypeError(f"complex value {obj!r} has no JSON form; ask for {NPY}, {NPZ} or {CSV}")
     if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8")
+        return _finite(obj.tolist())
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(obj).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"bytes value {bytes(obj)[:24]!r} is not UTF-8 text; ask for {OCTET_STREAM} or {NPY}"
+            ) from None
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
@@ -161,15 +330,30 @@ def _to_plain(obj: Any) -> Any:
     return obj.tolist() if isinstance(obj, np.ndarray) else obj
 
 
+def _dumps(obj: Any) -> bytes:
+    """Strict JSON: non-finite floats become ``null`` (the first attempt is the fast, common case)."""
+    try:
+        return json.dumps(obj, default=_default, allow_nan=False).encode("utf-8")
+    except ValueError as e:
+        if "Out of range float" not in str(e):
+            raise
+    return json.dumps(_finite(obj), default=_default, allow_nan=False).encode("utf-8")
+
+
 def encode_json(obj: Any) -> bytes:
-    return json.dumps(_to_plain(obj), default=_default).encode("utf-8")
+    """JSON as sagemaker-inference writes it, except that NaN and infinities are written as ``null``
+    (bare ``NaN`` is not JSON); complex numbers and non-UTF-8 bytes raise, naming the value."""
+    return _dumps(_to_plain(obj))
 
 
 def encode_csv(obj: Any) -> bytes:
     """What ``np.savetxt(..., delimiter=",", fmt="%s")`` writes (sagemaker-inference's CSV encoder): a 2-D
     array row by row, a 1-D array as one column. Non-empty 1-D/2-D arrays of numbers or booleans are
     formatted here directly (the same ``str`` of each numpy scalar, about 7x faster for one row);
-    anything else goes through ``np.savetxt`` itself."""
+    anything else goes through ``np.savetxt`` itself. A dict (several named outputs) has no CSV form."""
+    if isinstance(obj, Mapping):
+        keys = ", ".join(repr(k) for k in list(obj)[:5])
+        raise ValueError(f"a dict of outputs (keys {keys}) has no CSV form; ask for {JSON}, {JSONLINES} or {NPZ}")
     array = np.asarray(obj)
     if array.ndim in (1, 2) and array.size and array.dtype.kind in "biuf":
         rows = array.reshape(-1, 1) if array.ndim == 1 else array
@@ -203,15 +387,20 @@ def encode_jsonlines(obj: Any) -> bytes:
     rows = _to_plain(obj)
     if not isinstance(rows, list):
         rows = [rows]
-    return b"".join(json.dumps(row, default=_default).encode("utf-8") + b"\n" for row in rows)
+    return b"".join(_dumps(row) + b"\n" for row in rows)
 
 
 def encode_octet(obj: Any) -> bytes:
+    """Bytes and text as they are, arrays as their raw buffer; object values have none (their buffer
+    would be the server's memory addresses)."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return bytes(obj)
     if isinstance(obj, str):
         return obj.encode("utf-8")
-    return np.ascontiguousarray(obj).tobytes()
+    array = np.ascontiguousarray(obj)
+    if array.dtype.hasobject:
+        raise ValueError(f"a {type(obj).__name__} of Python objects has no raw-bytes form; ask for {JSON}")
+    return array.tobytes()
 
 
 ENCODERS: dict[str, Callable[[Any], bytes]] = {
@@ -221,11 +410,15 @@ ENCODERS: dict[str, Callable[[Any], bytes]] = {
 
 
 def encode(obj: Any, content_type: str) -> bytes:
-    """Encode a prediction as ``content_type`` (one of :data:`ENCODERS`); 406 otherwise."""
+    """Encode a prediction as ``content_type`` (one of :data:`ENCODERS`); 406 otherwise, and 406 naming
+    the value for a prediction that type cannot hold (a dict as CSV, complex numbers as JSON...)."""
     encoder = ENCODERS.get(content_type)
     if encoder is None:
-        raise NotAcceptable(f"cannot encode a response as {content_type!r}")
-    return encoder(obj)
+        raise NotAcceptable(clip(f"cannot encode a response as {content_type!r}"))
+    try:
+        return encoder(obj)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise NotAcceptable(clip(f"cannot encode the prediction as {content_type}: {e}")) from e
 
 
 # --------------------------------------------------------------------------------------- negotiation

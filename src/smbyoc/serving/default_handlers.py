@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from smbyoc.errors import UserCodeError
+from smbyoc.serving.errors import clip
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,14 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _array(self, name: str, dtype: Any, value: Any) -> Any:
+        if isinstance(value, np.ndarray) and value.dtype.kind == "c" and np.dtype(dtype).kind != "c":
+            raise InputError(f"input {name!r}: complex values for a {np.dtype(dtype).name} input")
         try:
             array = np.asarray(value, dtype=dtype)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"input {name!r}: cannot convert the request data to {np.dtype(dtype).name}: {e}") from e
+        except (TypeError, ValueError, OverflowError) as e:  # OverflowError: an integer too large for a float
+            raise InputError(
+                clip(f"input {name!r}: cannot convert the request data to {np.dtype(dtype).name}: {e}")
+            ) from e
         rank = self.ranks.get(name)
         if rank is not None and array.ndim == rank - 1:  # one record without the batch dimension
             array = array[np.newaxis, ...]

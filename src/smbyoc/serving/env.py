@@ -46,11 +46,13 @@ class ServingEnv:
     use_nginx: bool = True
     log_level: int = 20
     worker_class: str = "auto"
+    protocol: str = "http"
     threads: int = 4
     nginx_workers: str = "1"
     runtime_dir: Path | None = None
     onnx_threads: int | None = None
     npy_allow_pickle: bool = False
+    max_decoded_mb: int | None = None
 
     @classmethod
     def from_env(
@@ -80,16 +82,23 @@ class ServingEnv:
             use_nginx=ev.SAGEMAKER_USE_NGINX.get(env),
             log_level=ev.SAGEMAKER_CONTAINER_LOG_LEVEL.get(env),
             worker_class=ev.SMBYOC_GUNICORN_WORKER_CLASS.get(env),
+            protocol=ev.SMBYOC_SERVE_PROTOCOL.get(env),
             threads=ev.SMBYOC_GUNICORN_THREADS.get(env),
             nginx_workers=ev.SMBYOC_NGINX_WORKER_PROCESSES.get(env) or str(max(1, cpu_count() // 4)),
             runtime_dir=Path(runtime_dir) if runtime_dir else None,
             onnx_threads=ev.SMBYOC_ONNX_THREADS.get(env),
             npy_allow_pickle=ev.SMBYOC_NPY_ALLOW_PICKLE.get(env),
+            max_decoded_mb=ev.SMBYOC_MAX_DECODED_PAYLOAD_IN_MB.get(env),
         )
 
     @property
     def max_payload_bytes(self) -> int:
         return self.max_payload_mb * MIB
+
+    @property
+    def max_decoded_payload_mb(self) -> int:
+        """``SMBYOC_MAX_DECODED_PAYLOAD_IN_MB``, by default 4 x ``SAGEMAKER_MAX_PAYLOAD_IN_MB``."""
+        return self.max_decoded_mb if self.max_decoded_mb is not None else 4 * self.max_payload_mb
 
     @property
     def module_name(self) -> str:

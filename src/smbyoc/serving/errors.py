@@ -7,6 +7,16 @@ from __future__ import annotations
 
 from werkzeug.exceptions import HTTPException
 
+#: Longest message sent to a client: error texts can quote the request (a 6 MB string that is not a number).
+MAX_MESSAGE = 1000
+
+
+def clip(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` cut to ``limit`` characters, saying how much was left out."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit} more characters)"
+
 
 class ServingHTTPError(HTTPException):
     """Base of the app's own errors; ``description`` is the message sent to the client."""

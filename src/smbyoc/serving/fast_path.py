@@ -22,7 +22,7 @@ def fast_path(env: ServingEnv, holder: ModelHolder, app: Any) -> Any:
     still loading, bodies without a length) to the Flask ``app``. The answers are the same; it saves
     about a third of a worker's time per request (docs/serving.md, bench/README.md). ``/ping`` is always
     answered here, so readiness never waits for Flask (which ``serve`` imports after the model loaded)."""
-    codecs.allow_pickle(env.npy_allow_pickle)
+    codecs.configure(allow_pickle=env.npy_allow_pickle, max_decoded_mb=env.max_decoded_payload_mb)
     limit = env.max_payload_bytes
     multi_model = env.multi_model
     pinger = Ping(env, holder)

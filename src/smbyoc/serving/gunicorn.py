@@ -29,13 +29,21 @@ def gunicorn_log_level(level: int) -> str:
 
 
 def worker_class(env: ServingEnv) -> str:
-    """The worker class ``serve`` runs: ``auto`` is ``upstream`` behind nginx and gunicorn's ``sync``
-    without it (``upstream`` only ever talks to nginx; docs/serving.md)."""
+    """The worker class ``serve`` runs: ``auto`` is ``upstream`` behind nginx over HTTP, and gunicorn's
+    ``sync`` without nginx or over uwsgi (``upstream`` only ever talks HTTP to nginx; docs/serving.md)."""
+    if env.protocol == "uwsgi" and not env.use_nginx:
+        raise ConfigError("the uwsgi protocol is only spoken to nginx; use http without nginx",
+                          key="environment variable SMBYOC_SERVE_PROTOCOL")
     if env.worker_class == "auto":
-        return "upstream" if env.use_nginx else "sync"
+        return "upstream" if env.use_nginx and env.protocol == "http" else "sync"
     if env.worker_class == "upstream" and not env.use_nginx:
         raise ConfigError(
             "the upstream worker only serves requests from nginx; use sync or gthread without nginx",
+            key="environment variable SMBYOC_GUNICORN_WORKER_CLASS",
+        )
+    if env.worker_class == "upstream" and env.protocol != "http":
+        raise ConfigError(
+            f"the upstream worker only speaks HTTP, not {env.protocol}; use sync or gthread with it",
             key="environment variable SMBYOC_GUNICORN_WORKER_CLASS",
         )
     return env.worker_class
@@ -71,6 +79,8 @@ def gunicorn_argv(
     ]
     if kind == "gthread":
         argv += ["--threads", str(env.threads)]
+    if env.protocol == "uwsgi":
+        argv += ["--protocol", "uwsgi"]
     if socket_path is None:
         argv += ["--access-logfile", "-", "--limit-request-line", "8190"]
     argv.append(WSGI_APP)

@@ -28,7 +28,6 @@ from smbyoc.serving import codecs
 from smbyoc.serving.context import Context
 from smbyoc.serving.default_handlers import load_default_model
 from smbyoc.serving.env import ServingEnv, cpu_count
-from smbyoc.serving.errors import BadRequest
 
 logger = logging.getLogger(__name__)
 
@@ -183,10 +182,7 @@ class Handler:
         context = Context(self.name, str(self.model_dir), headers)
         data: Any = body
         if content_type in codecs.TEXT_TYPES:
-            try:
-                data = body.decode(params.get("charset", "utf-8"))
-            except (UnicodeDecodeError, LookupError) as e:
-                raise BadRequest(f"request body is not valid {content_type} text: {e}") from e
+            data = codecs.decode_text(body, content_type, params.get("charset"))
         if self._transform is not None:
             result = self._transform(context, self.model, data, content_type, accept)
         else:

@@ -8,15 +8,66 @@ from importlib import resources
 from pathlib import Path
 
 from smbyoc.serving.env import ServingEnv
+from smbyoc.serving.error_body import error_body
 
 TEMPLATE = "nginx.conf.template"
 #: Created in the runtime directory by the first worker whose model is ready; nginx answers /ping from it.
 READY_FILE = "model-ready"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+#: How a location hands a request to gunicorn, per SMBYOC_SERVE_PROTOCOL. The uwsgi parameters are
+#: Debian's /etc/nginx/uwsgi_params, written out so the conf does not depend on where nginx keeps them.
+_PASS = {
+    "http": (
+        "proxy_pass http://model_server;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "proxy_set_header Host $http_host;",
+        "proxy_intercept_errors off;",
+    ),
+    "uwsgi": (
+        "uwsgi_pass model_server;",
+        "uwsgi_param QUERY_STRING $query_string;",
+        "uwsgi_param REQUEST_METHOD $request_method;",
+        "uwsgi_param CONTENT_TYPE $content_type;",
+        "uwsgi_param CONTENT_LENGTH $content_length;",
+        "uwsgi_param REQUEST_URI $request_uri;",
+        "uwsgi_param PATH_INFO $document_uri;",
+        "uwsgi_param DOCUMENT_ROOT $document_root;",
+        "uwsgi_param SERVER_PROTOCOL $server_protocol;",
+        "uwsgi_param REQUEST_SCHEME $scheme;",
+        "uwsgi_param HTTPS $https if_not_empty;",
+        "uwsgi_param REMOTE_ADDR $remote_addr;",
+        "uwsgi_param REMOTE_PORT $remote_port;",
+        "uwsgi_param SERVER_PORT $server_port;",
+        "uwsgi_param SERVER_NAME $server_name;",
+        "uwsgi_param HTTP_HOST $host;",
+    ),
+}
 
 
 def load_template() -> str:
     return resources.files("smbyoc").joinpath("templates").joinpath(TEMPLATE).read_text(encoding="utf-8")
+
+
+def nginx_quoted(body: bytes) -> str:
+    """``body`` (ASCII JSON) escaped for a single-quoted nginx string; ``$`` would start a variable."""
+    text = body.decode("ascii")
+    if "$" in text:
+        raise ValueError(f"nginx template: '$' cannot be written in a literal answer: {text[:100]}")
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def nginx_error_bodies(env: ServingEnv) -> dict[str, str]:
+    """The bodies of the errors nginx answers itself, from the same function as every other error body."""
+    bodies = {
+        404: "no such route; routes are GET /ping, POST /invocations, GET /execution-parameters",
+        413: f"request body exceeds SAGEMAKER_MAX_PAYLOAD_IN_MB={env.max_payload_mb} ({env.max_payload_bytes} bytes)",
+        # nginx's 502 (the upstream closed without a complete answer) is sent as this 503
+        503: "the model server answered nothing complete: the worker handling this request exited (or no worker "
+             "is accepting connections), or its response failed midway (the serve log says which); retry the request",
+        504: f"the model server did not answer within SAGEMAKER_MODEL_SERVER_TIMEOUT={env.timeout} s",
+    }
+    return {f"body_{status}": nginx_quoted(error_body(status, message)) for status, message in bodies.items()}
 
 
 def listen_address(host: str, port: int) -> str:
@@ -48,11 +99,15 @@ def render_nginx_conf(
         "ready_file": str(runtime_dir / READY_FILE),
         "error_log_level": "warn",
         "access_log": "/dev/stdout combined buffer=64k flush=1s" if access_log else "off",
-        "upstream_keepalive": str(max(16, env.workers * env.threads * 4)),
+        # nginx keeps upstream connections open only over HTTP/1.1 (for gthread; the others close each one)
+        "upstream_keepalive": (f"keepalive {max(16, env.workers * env.threads * 4)};\n        keepalive_timeout 60s;"
+                               if env.protocol == "http" else "# uwsgi: one connection per request"),
+        "pass_to_model_server": "\n            ".join(_PASS[env.protocol]),
         "listen": listen_address(env.host, env.port),
         "max_body_bytes": str(env.max_payload_bytes),
         "max_payload_mb": str(env.max_payload_mb),
         "timeout": str(env.timeout),
+        **nginx_error_bodies(env),
     }
     text = template if template is not None else load_template()
 

@@ -15,12 +15,14 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from smbyoc.serving.env import ServingEnv
-from smbyoc.serving.errors import ModelError
+from smbyoc.serving.error_body import JSON_TYPE as _JSON_TYPE
+from smbyoc.serving.error_body import error_body
+from smbyoc.serving.errors import ModelError, clip
 from smbyoc.serving.model_holder import DEFAULT_MODEL, ModelHolder
 
 logger = logging.getLogger(__name__)
 
-JSON_TYPE = "application/json"
+JSON_TYPE = _JSON_TYPE  # re-exported: the app and the fast path take it from here
 PING_OK = b'{"status": "Healthy"}'
 REASONS = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
@@ -29,9 +31,14 @@ def json_response(payload: dict[str, Any], status: int) -> Response:
     return Response(json.dumps(payload), status=status, mimetype=JSON_TYPE)
 
 
+def error_json(status: int, message: str) -> Response:
+    """An error answer with the one JSON error body (:func:`smbyoc.serving.error_body.error_body`)."""
+    return Response(error_body(status, message), status=status, mimetype=JSON_TYPE)
+
+
 def error_response(error: HTTPException) -> Response:
     code = error.code or 500
-    response = json_response({"error": error.name, "message": error.description, "status": code}, code)
+    response = error_json(code, error.description or "")
     if code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
         response.headers["Allow"] = ", ".join(error.valid_methods)
     return response
@@ -66,7 +73,7 @@ def invoke(entry: Any, body: bytes, content_type: str | None, headers: Any) -> A
         raise
     except Exception as e:
         logger.exception("/invocations: the handler raised")
-        raise ModelError(f"{type(e).__name__}: {e}", code=status_code(e)) from e
+        raise ModelError(clip(f"{type(e).__name__}: {e}"), code=status_code(e)) from e
 
 
 class Ping:
@@ -87,5 +94,4 @@ class Ping:
         if reason != self._logged:  # once per reason, not once per poll
             self._logged = reason
             logger.warning("/ping: 503 not ready: %s", reason.splitlines()[0] if reason else "")
-        body = {"status": "Unhealthy", "error": "Service Unavailable", "message": reason}
-        return 503, json.dumps(body).encode()
+        return 503, error_body(503, reason)

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from smbyoc.errors import ServingError
+from smbyoc.errors import ConfigError, ServingError
 from smbyoc.exit_codes import from_returncode
 from smbyoc.serving.env import ServingEnv
 from smbyoc.serving.gunicorn import gunicorn_argv, worker_class
@@ -48,12 +49,34 @@ class ServePlan:
     owns_runtime_dir: bool
 
 
+def check_private_dir(path: Path) -> None:
+    """Refuse a runtime directory that someone other than this user could write to.
+
+    The gunicorn socket lives there, and the ``upstream`` worker trusts whatever reaches that socket to
+    be nginx (docs/serving.md); the readiness file nginx answers ``/ping`` from lives there too. A
+    directory another user owns, or that its group or everyone may write, would let them connect to the
+    socket or swap it for their own.
+    """
+    info = path.stat()
+    key = "environment variable SMBYOC_SERVE_RUNTIME_DIR"
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path} is not a directory", key=key)
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{path} is owned by uid {info.st_uid}, not by the serving user (uid {os.geteuid()}); "
+                          "use a private directory (mode 0700) of this user", key=key)
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path} is writable by its group or by others (mode {stat.S_IMODE(info.st_mode):04o}); "
+                          "use a private directory (mode 0700) of this user", key=key)
+
+
 def prepare(env: ServingEnv, *, nginx_bin: str = "nginx") -> ServePlan:
-    """Create the runtime directory and write nginx.conf (when nginx is used)."""
+    """Create the runtime directory (mode 0700; a given one must already be private) and write nginx.conf
+    (when nginx is used)."""
     worker_class(env)  # a bad combination fails here, before anything is created
     if env.runtime_dir is not None:
         runtime_dir, owned = env.runtime_dir, False
-        runtime_dir.mkdir(parents=True, exist_ok=True)
+        runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_private_dir(runtime_dir)
     else:
         runtime_dir, owned = Path(tempfile.mkdtemp(prefix="smbyoc-serve-")), True
     if not env.use_nginx:

@@ -12,8 +12,13 @@ restarts, heartbeat timeouts, graceful SIGTERM, ``max_requests``, the server hoo
 per-request part with a small HTTP/1.x reader for requests of that one shape and a writer that sends
 each response with one write, then closes (``Connection: close``; one connection per request, so that
 all workers share one accept queue and a request never waits behind another worker's). Anything that
-does not fit that shape is answered with a 4xx/5xx JSON error, never guessed at. It is only used behind
-nginx; ``serve --no-nginx`` keeps gunicorn's own sync worker facing clients directly.
+does not fit that shape is answered with a 4xx/5xx JSON error, never guessed at: the reader is as strict as
+gunicorn's own (``gunicorn/http/message.py``: RFC 9110 token header names and methods, no control characters
+in values or targets, one ASCII-digit ``Content-Length``), so a request nginx would never send is refused
+rather than trusted. A response whose iterable fails after it started is never completed: the connection is
+closed without the rest (nginx then answers 502, or cuts its client off), never a clean-looking truncated 200.
+It is only used behind nginx, over a socket in a private runtime directory (the supervisor refuses a shared
+one); ``serve --no-nginx`` keeps gunicorn's own sync worker facing clients directly.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import json
 import logging
 import os
+import re
 import select
 import sys
 from collections.abc import Callable, Iterable
@@ -34,11 +39,24 @@ from urllib.parse import unquote_to_bytes
 from gunicorn.workers import base
 
 from smbyoc import environment_variables as ev
+from smbyoc.serving.error_body import error_body
 
 logger = logging.getLogger(__name__)
 
 #: The most a request head (request line + headers) may take; nginx's own default is 4 buffers of 8 KiB.
 MAX_HEAD_BYTES = 64 * 1024
+#: The most header fields a request may have (gunicorn's default ``limit_request_fields``).
+MAX_HEADER_FIELDS = 100
+#: A response is held back until its iterable is exhausted or this many bytes are waiting; a failure before
+#: then costs the request nothing but a 502 from nginx (nothing was sent), after it the connection is cut.
+STREAM_BUFFER = 1024 * 1024
+# RFC 9110 §5.6.2 token; methods as gunicorn takes them by default (no lower case or '#', 3-20 characters).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD = re.compile(r"[!$%&'*+\-.^_`|~0-9A-Z]{3,20}")
+# RFC 9110 §5.5: control characters other than TAB are invalid and dangerous in a field value;
+# RFC 9112 §3.2: a request target is printable ASCII.
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_TARGET = re.compile(r"[^\x21-\x7e]")
 _RECV = 64 * 1024
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                          "trailers", "transfer-encoding", "upgrade"})
@@ -59,10 +77,14 @@ class ConnectionClosed(Exception):
     """The peer closed the connection before a whole request arrived."""
 
 
+class ResponseFailed(Exception):
+    """The application's response failed after it started; the connection must end without the rest."""
+
+
 def error_bytes(status: int, message: str) -> bytes:
-    """A complete HTTP response with the JSON error body every other route also uses."""
+    """A complete HTTP response with the JSON error body every other answer also uses."""
     reason = _REASONS.get(status, "Error")
-    body = json.dumps({"error": reason, "message": message, "status": status}).encode()
+    body = error_body(status, message)
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1") + body
 
@@ -87,15 +109,21 @@ def read_head(recv: Callable[[int], bytes]) -> tuple[bytes, bytes]:
 def parse_head(head: bytes, server: tuple[str, str]) -> dict[str, Any]:
     """The WSGI environ (without ``wsgi.input``) of a request head, PEP 3333 rules.
 
-    Raises :class:`BadRequest` for anything malformed: a request line that is not ``METHOD TARGET
-    HTTP/1.x``, a header line without a name, folded lines, a bad or repeated Content-Length, and any
-    ``Transfer-Encoding`` (nginx always sends a buffered body with a length, so there is none to decode).
+    The rules are gunicorn's (``gunicorn/http/message.py``). Raises :class:`BadRequest` (400 unless said)
+    for: a request line that is not ``METHOD TARGET HTTP/1.x`` with a token method and a printable-ASCII
+    target; a header name that is not an RFC 9110 token (spaces, NUL, ``@``...), which also refuses folded
+    lines; a control character (NUL, CR, LF...) in a value; a ``Content-Length`` that is not ASCII digits or
+    comes twice; more than :data:`MAX_HEADER_FIELDS` fields (431); and any ``Transfer-Encoding`` (501:
+    nginx always sends a buffered body with a length, so there is none to decode).
     """
     text = head.decode("latin-1")
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[0].isalpha() or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+    if (len(parts) != 3 or not _METHOD.fullmatch(parts[0]) or parts[2] not in ("HTTP/1.1", "HTTP/1.0")
+            or not parts[1] or _BAD_TARGET.search(parts[1])):
         raise BadRequest(f"malformed request line {lines[0][:100]!r}")
+    if len(lines) - 1 > MAX_HEADER_FIELDS:
+        raise BadRequest(f"more than {MAX_HEADER_FIELDS} header fields", 431)
     method, target, protocol = parts
     if not target.startswith("/"):
         if "://" not in target:
@@ -117,8 +145,10 @@ def parse_head(head: bytes, server: tuple[str, str]) -> dict[str, Any]:
     }
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name[0] in " \t" or name[-1] in " \t":
-            raise BadRequest(f"malformed header line {line[:100]!r}")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise BadRequest(f"malformed header line {line[:100]!r}: the name is not an RFC 9110 token")
+        if _BAD_VALUE.search(value):
+            raise BadRequest(f"header {name[:100]!r} has a control character (NUL, CR, LF...) in its value")
         upper = name.upper()
         if "_" in upper:  # as nginx and gunicorn: never let X_Forwarded_For pose as X-Forwarded-For
             continue
@@ -132,8 +162,8 @@ def parse_head(head: bytes, server: tuple[str, str]) -> dict[str, Any]:
     if "HTTP_TRANSFER_ENCODING" in environ:
         raise BadRequest("Transfer-Encoding is not accepted here (nginx sends buffered bodies)", 501)
     length = environ.get("CONTENT_LENGTH")
-    if length is not None and not length.isdigit():
-        raise BadRequest(f"bad Content-Length {length[:40]!r}")
+    if length is not None and not (length.isascii() and length.isdigit()):  # "²".isdigit() is True
+        raise BadRequest(f"bad Content-Length {length[:40]!r}: not ASCII digits")
     return environ
 
 
@@ -153,8 +183,11 @@ def read_body(recv_into: Callable[[memoryview], int], start: bytes, length: int)
     return bytes(buffer)
 
 
-def response_head(status: str, headers: list[tuple[str, str]], date: str | None = None) -> bytes:
-    """The response head: the application's headers less hop-by-hop ones, then ``Connection: close``.
+def response_head(
+    status: str, headers: list[tuple[str, str]], date: str | None = None, *, chunked: bool = False
+) -> bytes:
+    """The response head: the application's headers less hop-by-hop ones, then ``Connection: close``
+    (and ``Transfer-Encoding: chunked`` when the worker frames the body itself).
 
     A CR or LF inside a name or value (header injection) raises ``ValueError``.
     """
@@ -163,22 +196,41 @@ def response_head(status: str, headers: list[tuple[str, str]], date: str | None 
     if text.count("\n") != len(kept) or text.count("\r") != len(kept):
         raise ValueError("a response header name or value contains CR or LF")
     dated = f"Date: {date}\r\n" if date else ""
-    return f"HTTP/1.1 {status}\r\n{text}{dated}Connection: close\r\n\r\n".encode("latin-1")
+    framing = "Transfer-Encoding: chunked\r\n" if chunked else ""
+    return f"HTTP/1.1 {status}\r\n{text}{dated}{framing}Connection: close\r\n\r\n".encode("latin-1")
 
 
 class ResponseWriter:
-    """``start_response`` and the response's bytes for one request; the head leaves with the first body
-    bytes in one write (the whole response, for an application that returns one body string)."""
+    """``start_response`` and the response's bytes for one request.
 
-    __slots__ = ("_date", "_send", "head_only", "headers", "sent_head", "status")
+    The response is held back until the application's iterable is exhausted, then leaves as one write
+    (head and body, with a ``Content-Length`` when the application gave none). Only a response that grows
+    past ``buffer_limit`` is sent while it is produced: with the application's ``Content-Length``, or else
+    chunked, so that nginx can always tell a complete response from a cut one. Any failure of the
+    response (the iterable raising, a body longer or shorter than its ``Content-Length``) raises
+    :class:`ResponseFailed`; the caller then closes the connection without completing it.
+    """
 
-    def __init__(self, send: Callable[[bytes], Any], date: Callable[[], str], head_only: bool) -> None:
+    __slots__ = ("_buffer", "_buffered", "_date", "_declared", "_limit", "_send", "chunked", "head_only",
+                 "headers", "no_body", "sent", "sent_head", "status")
+
+    def __init__(
+        self, send: Callable[[bytes], Any], date: Callable[[], str], head_only: bool,
+        buffer_limit: int = STREAM_BUFFER,
+    ) -> None:
         self._send = send
         self._date = date
-        self.head_only = head_only
+        self._limit = buffer_limit
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._declared: int | None = None
+        self.head_only = head_only  # a HEAD request: the head only, with the length the body would have
+        self.no_body = False  # 1xx, 204, 304: no body and no length
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.sent_head = False
+        self.chunked = False
+        self.sent = 0
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -189,37 +241,82 @@ class ResponseWriter:
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
+            self._buffer, self._buffered = [], 0  # an error response replaces what was held back
         elif self.status is not None:
             raise AssertionError("start_response called twice without exc_info")
         self.status = status
         self.headers = headers
-        if status.startswith(_NO_BODY_STATUS):
-            self.head_only = True
+        self.no_body = status.startswith(_NO_BODY_STATUS)
+        self._declared = None
+        for name, value in headers:
+            if name.lower() == "content-length":
+                if not (value.isascii() and value.isdigit()):
+                    raise ValueError(f"the application's Content-Length {value[:40]!r} is not a number")
+                self._declared = int(value)
         return self.write
 
     def write(self, data: bytes) -> None:
         if self.status is None:
             raise AssertionError("write() before start_response()")
+        if not data:
+            return
         if not self.sent_head:
-            head = response_head(self.status, self.headers, self._date())
-            self.sent_head = True
-            self._send(head if self.head_only else head + data)
-        elif data and not self.head_only:
-            self._send(data)
+            self._buffer.append(data)
+            self._buffered += len(data)
+            if self._buffered > self._limit:
+                self._start_streaming()
+            return
+        self._send_body(data)
+
+    def _start_streaming(self) -> None:
+        assert self.status is not None
+        self.chunked = self._declared is None and not (self.head_only or self.no_body)
+        body = b"".join(self._buffer)
+        self._buffer, self._buffered = [], 0
+        head = response_head(self.status, self.headers, self._date(), chunked=self.chunked)
+        self.sent_head = True
+        self._send(head + self._framed(body))
+
+    def _framed(self, data: bytes) -> bytes:
+        if self.head_only or self.no_body or not data:
+            return b""
+        self.sent += len(data)
+        if self._declared is not None and self.sent > self._declared:
+            raise ResponseFailed(f"the application sent more than its Content-Length of {self._declared} bytes")
+        return b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data
+
+    def _send_body(self, data: bytes) -> None:
+        framed = self._framed(data)
+        if framed:
+            self._send(framed)
 
     def finish(self, result: Iterable[bytes]) -> None:
-        """Send what the application returned; a one-element list goes out with the head in one write."""
-        if not self.sent_head and isinstance(result, (list, tuple)) and self.status is not None:
-            body = b"".join(result)
-            if not any(name.lower() == "content-length" for name, _ in self.headers):
-                self.headers = [*self.headers, ("Content-Length", str(len(body)))]
-            self.write(body)
-            return
-        for chunk in result:
-            if chunk:
+        """Send what the application returned; raises :class:`ResponseFailed` if the response fails."""
+        try:
+            for chunk in result:
                 self.write(chunk)
-        if not self.sent_head:
-            self.write(b"")
+        except (OSError, ResponseFailed):
+            raise
+        except Exception as e:
+            raise ResponseFailed(f"the response iterable raised {type(e).__name__}: {e}") from e
+        if self.status is None:
+            raise AssertionError("the application returned without calling start_response()")
+        if self.sent_head:
+            if self.chunked:
+                self._send(b"0\r\n\r\n")
+            elif self._declared is not None and not self.head_only and self.sent != self._declared:
+                raise ResponseFailed(f"the application sent {self.sent} of its Content-Length of "
+                                     f"{self._declared} bytes")
+            return
+        body = b"".join(self._buffer)
+        headers = self.headers
+        if self._declared is None and not self.no_body:
+            headers = [*headers, ("Content-Length", str(len(body)))]
+        elif self._declared is not None and not self.head_only and len(body) != self._declared:
+            raise ResponseFailed(f"the application sent {len(body)} bytes with a Content-Length of {self._declared}")
+        head = response_head(self.status, headers, self._date())
+        self.sent_head = True
+        self._send(head if self.head_only or self.no_body else head + body)
 
 
 class UpstreamWorker(base.Worker):  # type: ignore[misc]
@@ -316,18 +413,33 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
                 client.close()
 
     def serve_request(self, client: Any, environ: dict[str, Any]) -> None:
-        """Run the application for one parsed request and send its answer."""
+        """Run the application for one parsed request and send its answer.
+
+        An application that raises before its response started gets a 500 JSON error; a response that
+        fails after it started (:class:`ResponseFailed`) is not completed: ``handle`` closes the
+        connection, and nginx answers 502 (its error page) or cuts off a response already under way.
+        """
         writer = ResponseWriter(client.sendall, self._http_date, environ["REQUEST_METHOD"] == "HEAD")
         result: Any = None
         try:
-            result = self.wsgi(environ, writer.start_response)
-            writer.finish(result)
-        except OSError:
-            raise
-        except Exception as e:
-            logger.exception("error while serving %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
-            if not writer.sent_head:
+            try:
+                result = self.wsgi(environ, writer.start_response)
+            except OSError:
+                raise
+            except Exception as e:
+                logger.exception("error while serving %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
                 client.sendall(error_bytes(500, f"{type(e).__name__}: {e}"))
+                return
+            try:
+                writer.finish(result)
+            except ValueError as e:  # a header the application set cannot be sent (CR or LF in it)
+                logger.error("error while serving %s %s: %s", environ["REQUEST_METHOD"], environ["PATH_INFO"], e)
+                if not writer.sent_head:
+                    client.sendall(error_bytes(500, str(e)))
+            except ResponseFailed as e:
+                logger.error("the response to %s %s failed after it started (%s); closing the connection "
+                             "without completing it", environ["REQUEST_METHOD"], environ["PATH_INFO"], e,
+                             exc_info=e.__cause__ or e)
         finally:
             close = getattr(result, "close", None)
             if close is not None:

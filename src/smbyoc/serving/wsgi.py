@@ -73,6 +73,7 @@ def create_wsgi_app() -> Any:
     _state["flask_app"] = flask_app
     _state["runtime_dir"] = env.runtime_dir if env.use_nginx and not env.multi_model else None
     _state["behind_nginx"] = env.use_nginx
+    _state["protocol"] = env.protocol
     return app
 
 
@@ -99,7 +100,7 @@ def load_models() -> None:
 def close_without_linger(sock: socket.socket, *args: Any, **kwargs: Any) -> None:
     """Close a connection at once when nothing unread is pending, else gunicorn's lingering close.
 
-    gunicorn (>= 23) closes every connection "gracefully": shutdown(SHUT_WR), then it blocks reading until
+    gunicorn (>= 26.0) closes every connection "gracefully": shutdown(SHUT_WR), then it blocks reading until
     the peer closes. Behind nginx that is one wait for nginx's event loop per request in a sync worker —
     a quarter of the worker's time in a profile at concurrency 8 (bench/README.md). The linger only matters
     when request data is still unread (closing would reset the connection); that is checked here first.
@@ -217,11 +218,12 @@ def throttle_heartbeat(worker: Any, every: float = 1.0) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    if _state.get("behind_nginx") and type(worker).__name__ == "SyncWorker":
-        install_fast_close()
-        install_single_write()
-    install_date_cache()
-    throttle_heartbeat(worker)
+    if _state.get("protocol") != "uwsgi":  # the uwsgi path runs gunicorn's own code, unpatched
+        if _state.get("behind_nginx") and type(worker).__name__ == "SyncWorker":
+            install_fast_close()
+            install_single_write()
+        install_date_cache()
+        throttle_heartbeat(worker)
     freeze_preloaded_objects()
     load_models()
 

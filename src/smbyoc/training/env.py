@@ -2,21 +2,16 @@
 
 :class:`TrainingEnv` is a read-only snapshot built once by :meth:`TrainingEnv.from_env`. Its values
 follow sagemaker-training's ``Environment`` (contract.md §2.2-2.3); :mod:`smbyoc.training.mapping`
-turns it into the ``SM_*`` variables and the entry point's arguments.
+turns the plain values it renders (:meth:`TrainingEnv.to_dict`) into the ``SM_*`` variables and the entry
+point's arguments.
 
-Config files (contract.md §1.3):
-
-* ``hyperparameters.json`` and ``inputdataconfig.json`` missing → ``{}`` (a job without
-  hyperparameters or channels). ``resourceconfig.json`` missing → one host ``algo-1``
-  (``{"current_host": "algo-1", "hosts": ["algo-1"]}``), so the image can be run by hand with
-  ``docker run image train``; the toolkit would fail here. A file that exists but is malformed is always
-  a :class:`~smbyoc.errors.ConfigError` naming the file and the key.
-* ``hosts`` is sorted (as the platform writes it); ``current_host`` must be one of them.
+Each config file is read by its own module of :mod:`smbyoc.opt_ml` (contract.md §1.3; missing
+``hyperparameters.json`` / ``inputdataconfig.json`` → ``{}``, missing ``resourceconfig.json`` → one host
+``algo-1``; a malformed file is a :class:`~smbyoc.errors.ConfigError` naming the file and the key).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -35,50 +30,17 @@ from smbyoc.environment_variables import (
     TRAINING_JOB_NAME,
 )
 from smbyoc.errors import ConfigError
-from smbyoc.jsonfile import read_json
-from smbyoc.paths import Paths, check_channel_name
+from smbyoc.opt_ml import hyperparameters_file, input_data_config_file, resource_config_file
+from smbyoc.opt_ml.input_data_config_file import Channel
+from smbyoc.opt_ml.resource_config_file import InstanceGroup
+from smbyoc.paths import Paths
 from smbyoc.training import mapping, resources
 
 logger = logging.getLogger(__name__)
 
-INPUT_MODES = ("File", "FastFile", "Pipe")
-S3_DISTRIBUTION_TYPES = ("FullyReplicated", "ShardedByS3Key")
-RECORD_WRAPPER_TYPES = ("None", "RecordIO")
-COMPRESSION_TYPES = ("None", "Gzip")
-
-DEFAULT_INSTANCE_TYPE = "local"
-DEFAULT_GROUP_NAME = "homogeneousCluster"
-DEFAULT_NETWORK_INTERFACE = "eth0"
 DEFAULT_LOG_LEVEL = logging.INFO
-#: Used only when resourceconfig.json does not exist (see the module docstring).
-SINGLE_HOST_RESOURCE_CONFIG: Mapping[str, Any] = {"current_host": "algo-1", "hosts": ["algo-1"]}
 
-
-@dataclass(frozen=True)
-class Channel:
-    """One entry of ``inputdataconfig.json``."""
-
-    name: str
-    input_mode: str
-    content_type: str | None
-    s3_distribution_type: str
-    record_wrapper_type: str
-    compression_type: str | None
-    path: Path
-    config: Mapping[str, Any]
-
-    def pipe_path(self, epoch: int) -> Path:
-        """``<channel>_<epoch>``: the Pipe-mode FIFO for one epoch."""
-        return self.path.parent / f"{self.name}_{epoch}"
-
-
-@dataclass(frozen=True)
-class InstanceGroup:
-    """One entry of ``resourceconfig.json``'s ``instance_groups`` (heterogeneous clusters)."""
-
-    name: str
-    instance_type: str
-    hosts: tuple[str, ...]
+__all__ = ["Channel", "InstanceGroup", "TrainingEnv"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +79,8 @@ class TrainingEnv:
     """``SM_HP_MP_PARAMETERS`` from the platform environment (model parallelism), if set."""
     smddprun_installed: bool = False
     smddpmprun_installed: bool = False
+    topology: tuple[Any, ...] = ()
+    """``resourceconfig.json``'s ``topology`` (empty when the file has none)."""
 
     # ------------------------------------------------------------------------------- construction
     @classmethod
@@ -135,20 +99,11 @@ class TrainingEnv:
         env: Mapping[str, str] = os.environ if environ is None else environ
         paths = Paths.from_env(env, base_dir)
 
-        resource_config = _read_resource_config(paths.resource_config_file)
-        input_data_config = _read_json_object(paths.input_data_config_file, default={})
-        raw = hp.read_hyperparameters_file(paths.hyperparameters_file)
+        resource = resource_config_file.read(paths)
+        channels = input_data_config_file.read(paths)
+        raw = hyperparameters_file.read(paths)
         parts = hp.split(hp.decode(raw))
         reserved = parts.sagemaker
-
-        rc_source = str(paths.resource_config_file)
-        hosts = tuple(sorted(resource_config["hosts"]))
-        current_host = resource_config["current_host"]
-        current_instance_type = _optional_str(resource_config, "current_instance_type", rc_source)
-        current_group_name = _optional_str(resource_config, "current_group_name", rc_source)
-        interface = _optional_str(resource_config, "network_interface_name", rc_source)
-        groups = _instance_groups(resource_config, rc_source)
-        channels = _channels(input_data_config, paths)
 
         env_program = SAGEMAKER_PROGRAM.get(env)
         program: Any = env_program if env_program is not None else reserved.get("sagemaker_program")
@@ -157,19 +112,19 @@ class TrainingEnv:
         if user_entry_point is not None:
             module_name = user_entry_point[:-3] if user_entry_point.endswith(".py") else user_entry_point
 
-        instance_type = current_instance_type or DEFAULT_INSTANCE_TYPE
+        instance_type = resource.current_instance_type
         return cls(
             paths=paths,
             job_name=TRAINING_JOB_NAME.get(env),
             job_arn=TRAINING_JOB_ARN.get(env),
-            hosts=hosts,
-            current_host=current_host,
+            hosts=resource.hosts,
+            current_host=resource.current_host,
             current_instance_type=instance_type,
-            current_group_name=current_group_name or DEFAULT_GROUP_NAME,
-            instance_groups=groups,
-            network_interface_name=interface or DEFAULT_NETWORK_INTERFACE,
-            resource_config=resource_config,
-            input_data_config=input_data_config,
+            current_group_name=resource.current_group_name,
+            instance_groups=resource.instance_groups,
+            network_interface_name=resource.network_interface_name,
+            resource_config=resource.document,
+            input_data_config={name: channel.config for name, channel in channels.items()},
             channels=channels,
             hyperparameters_raw=raw,
             hyperparameters=parts.user,
@@ -187,6 +142,7 @@ class TrainingEnv:
             mp_parameters=SM_HP_MP_PARAMETERS.get(env),
             smddprun_installed=detect_devices and shutil.which("smddprun") is not None,
             smddpmprun_installed=detect_devices and shutil.which("smddpmprun") is not None,
+            topology=resource.topology,
         )
 
     # ----------------------------------------------------------------------------------- queries
@@ -222,111 +178,61 @@ class TrainingEnv:
     # --------------------------------------------------------------------------------- renderings
     def to_env_vars(self) -> dict[str, str]:
         """Every ``SM_*`` variable, exactly as sagemaker-training's ``Environment.to_env_vars()``."""
-        return mapping.to_env_vars(self)
+        return mapping.to_env_vars(self.to_dict())
 
     def to_cmd_args(self) -> list[str]:
         """The user hyperparameters as arguments, exactly as sagemaker-training's ``to_cmd_args()``."""
         return mapping.to_cmd_args(self.hyperparameters)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able summary for one startup log line (the ``SM_TRAINING_ENV`` document)."""
-        return mapping.training_env(self)
-
-
-# ------------------------------------------------------------------------------------- file readers
-
-
-def _read_json_object(path: Path, default: Mapping[str, Any] | None) -> dict[str, Any]:
-    data = read_json(path) if default is None else read_json(path, missing=dict(default))
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected a JSON object, got {type(data).__name__}", source=str(path))
-    return data
-
-
-def _read_resource_config(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        logger.info("%s does not exist; assuming a single host algo-1", path)
-        return copy.deepcopy(dict(SINGLE_HOST_RESOURCE_CONFIG))
-    config = _read_json_object(path, default=None)
-    source = str(path)
-    hosts = config.get("hosts")
-    if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) and h for h in hosts):
-        raise ConfigError("must be a non-empty list of host names", source=source, key="hosts")
-    if len(set(hosts)) != len(hosts):
-        raise ConfigError(f"lists a host twice: {hosts}", source=source, key="hosts")
-    current = config.get("current_host")
-    if not isinstance(current, str) or current not in hosts:
-        raise ConfigError(f"{current!r} is not one of hosts {hosts}", source=source, key="current_host")
-    return config
-
-
-def _optional_str(config: Mapping[str, Any], key: str, source: str) -> str | None:
-    value = config.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"expected a string, got {json.dumps(value)}", source=source, key=key)
-    return value
-
-
-def _instance_groups(config: Mapping[str, Any], source: str) -> tuple[InstanceGroup, ...]:
-    groups = config.get("instance_groups", [])
-    if not isinstance(groups, list):
-        raise ConfigError("expected a list", source=source, key="instance_groups")
-    result = []
-    for i, group in enumerate(groups):
-        key = f"instance_groups[{i}]"
-        if not isinstance(group, dict):
-            raise ConfigError("expected an object", source=source, key=key)
-        name, itype, ghosts = group.get("instance_group_name"), group.get("instance_type"), group.get("hosts")
-        if not isinstance(name, str) or not name:
-            raise ConfigError("instance_group_name must be a non-empty string", source=source, key=key)
-        if not isinstance(itype, str):
-            raise ConfigError("instance_type must be a string", source=source, key=key)
-        if not isinstance(ghosts, list) or not all(isinstance(h, str) for h in ghosts):
-            raise ConfigError("hosts must be a list of host names", source=source, key=key)
-        result.append(InstanceGroup(name=name, instance_type=itype, hosts=tuple(ghosts)))
-    return tuple(result)
-
-
-def _channels(input_data_config: Mapping[str, Any], paths: Paths) -> dict[str, Channel]:
-    source = str(paths.input_data_config_file)
-    channels: dict[str, Channel] = {}
-    for name, entry in input_data_config.items():
-        try:
-            check_channel_name(name)
-        except ConfigError as e:
-            raise ConfigError(e.message, source=source) from None
-        if not isinstance(entry, dict):
-            raise ConfigError("expected an object", source=source, key=name)
-
-        def get(key: str, allowed: tuple[str, ...] | None, default: str | None, e: dict[str, Any] = entry,
-                n: str = name) -> str | None:
-            return _channel_field(e, key, allowed, default, source, n)
-
-        channels[name] = Channel(
-            name=name,
-            input_mode=get("TrainingInputMode", INPUT_MODES, "File") or "File",
-            content_type=get("ContentType", None, None),
-            s3_distribution_type=get("S3DistributionType", S3_DISTRIBUTION_TYPES, "FullyReplicated")
-            or "FullyReplicated",
-            record_wrapper_type=get("RecordWrapperType", RECORD_WRAPPER_TYPES, "None") or "None",
-            compression_type=get("CompressionType", COMPRESSION_TYPES, None),
-            path=paths.channel_dir(name),
-            config=entry,
-        )
-    return channels
-
-
-def _channel_field(
-    entry: Mapping[str, Any], key: str, allowed: tuple[str, ...] | None, default: str | None,
-    source: str, channel: str,
-) -> str | None:
-    value = entry.get(key, default)
-    if value is None:
-        return None
-    if not isinstance(value, str) or (allowed is not None and value not in allowed):
-        expected = "one of " + ", ".join(allowed) if allowed else "a string"
-        raise ConfigError(f"{key} is {json.dumps(value)}; expected {expected}", source=source, key=channel)
-    return value
+        """The toolkit's ``dict(Environment())``: the ``SM_TRAINING_ENV`` document (also one log line)."""
+        paths, groups = self.paths, self.instance_groups
+        wanted = mapping.distribution_instance_groups(self.additional_framework_parameters, self.current_group_name)
+        distribution_hosts = mapping.distribution_hosts(groups, self.hosts, wanted)
+        master = mapping.master_hostname(distribution_hosts, self.hosts)
+        entry_point = self.user_entry_point if self.program_from_env else self.sagemaker_hyperparameters.get(
+            "sagemaker_program")
+        return {
+            "additional_framework_parameters": dict(self.additional_framework_parameters),
+            "channel_input_dirs": self.channel_input_dirs,
+            "current_host": self.current_host,
+            "current_instance_group": self.current_group_name,
+            "current_instance_group_hosts": mapping.current_instance_group_hosts(groups, self.current_group_name),
+            "current_instance_type": self.current_instance_type,
+            "distribution_hosts": distribution_hosts,
+            "distribution_instance_groups": wanted,
+            "framework_module": self.framework_module,
+            "hosts": list(self.hosts),
+            "hyperparameters": dict(self.hyperparameters),
+            "input_config_dir": str(paths.input_config_dir),
+            "input_data_config": dict(self.input_data_config),
+            "input_dir": str(paths.input_dir),
+            "instance_groups": [group.name for group in groups],
+            "instance_groups_dict": {group.name: group.to_json() for group in groups},
+            "is_hetero": len(groups) > 1,
+            "is_master": self.current_host == master,
+            "is_modelparallel_enabled": None if self.mp_parameters is None else self.mp_parameters != "{}",
+            "is_smddpmprun_installed": self.smddpmprun_installed,
+            "is_smddprun_installed": self.smddprun_installed,
+            "job_name": self.job_name or None,
+            # The raw value, as the toolkit reports it ("DEBUG" stays "DEBUG").
+            "log_level": self.sagemaker_hyperparameters.get("sagemaker_container_log_level", self.log_level),
+            "master_hostname": master,
+            "model_dir": str(paths.model_dir),
+            "module_dir": self.module_dir,
+            # The toolkit takes str() of the hyperparameter, so a job without a program reports "None".
+            "module_name": self.module_name if self.module_name is not None else "None",
+            "network_interface_name": self.network_interface_name,
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "num_neurons": self.num_neurons,
+            "output_data_dir": str(paths.output_data_dir),
+            "output_dir": str(paths.output_dir),
+            "output_intermediate_dir": str(paths.output_intermediate_dir),
+            "resource_config": dict(self.resource_config),
+            "topology": list(self.topology),
+            "user_entry_point": entry_point,
+        }
 
 
 def _log_level(reserved: Mapping[str, Any], source: str) -> int:

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: SageMaker keeps this many characters of the failure file as ``FailureReason``.
 FAILURE_REASON_LIMIT = 1024
+#: The error type SageMaker puts before the failure text of a program that failed.
+ALGORITHM_ERROR = "AlgorithmError"
 #: Appended where text was cut.
 TRUNCATED = "…[truncated]"
 #: Longest message kept in the first 1024 characters, so that the stderr tail still fits.
@@ -129,6 +131,16 @@ def write_success(paths: Paths | str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.touch()
     return target
+
+
+def algorithm_error_reason(text: str) -> str:
+    """The job's ``FailureReason`` when the program failed: ``AlgorithmError: <failure text>``.
+
+    This is what real jobs report (``Failed. Reason: AlgorithmError: ExecuteUserScriptError: ...`` in
+    the SDK's exceptions); the whole reason is cut at 1024 characters, the longest ``FailureReason``
+    DescribeTrainingJob returns (BOTO ``FailureReason`` max 1024).
+    """
+    return f"{ALGORITHM_ERROR}: {text}"[:FAILURE_REASON_LIMIT]
 
 
 def read_failure_reason(paths: Paths | str | Path, limit: int = FAILURE_REASON_LIMIT) -> str | None:

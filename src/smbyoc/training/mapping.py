@@ -10,9 +10,16 @@ Rules (contract.md §2.4-2.5, checked against the toolkit by ``tests/unit/test_m
   ``[1, 2]``), a dict as ``k=v,k2=v2`` sorted by key, ``None`` → ``""``.
 
 ``SM_TRAINING_ENV`` carries the toolkit's ``Environment`` properties under the same names, so code that
-reads it keeps working. Deliberate differences from the toolkit, all outside what SageMaker produces:
+reads it keeps working. As in the toolkit, the environment renders itself
+(:meth:`smbyoc.training.env.TrainingEnv.to_dict`) and this module only takes plain values: it imports
+nothing of :mod:`smbyoc.training.env`.
+
+Deliberate differences from the toolkit, all outside what SageMaker produces:
 
 * ``hosts`` is sorted (the platform always writes it sorted; the toolkit copies the file's order);
+* ``current_instance_type``, ``current_instance_group`` and ``network_interface_name`` are the typed
+  values of :mod:`smbyoc.opt_ml.resource_config_file`, so an empty or ``null`` value in the file reads
+  as its default (the toolkit passes ``""`` / ``null`` on);
 * ``num_cpus`` honours cgroup quotas (see :mod:`smbyoc.training.resources`);
 * an empty ``TRAINING_JOB_NAME`` / ``SAGEMAKER_PROGRAM`` / ``SM_HP_MP_PARAMETERS`` counts as unset;
 * ``PYTHONPATH`` is not part of this mapping: whoever starts the user's process decides it.
@@ -21,11 +28,10 @@ reads it keeps working. Deliberate differences from the toolkit, all outside wha
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-if TYPE_CHECKING:
-    from smbyoc.training.env import TrainingEnv
+from smbyoc.opt_ml.resource_config_file import InstanceGroup
 
 #: Framework switches that put the current instance group into distribution (toolkit rule).
 DISTRIBUTION_SWITCHES = (
@@ -37,7 +43,6 @@ DISTRIBUTION_SWITCHES = (
     "sagemaker_multi_worker_mirrored_strategy_enabled",
     "sagemaker_torch_distributed_enabled",
 )
-_DEFAULT_GROUP = "homogeneousCluster"
 
 
 # ------------------------------------------------------------------------------------ generic rules
@@ -101,117 +106,44 @@ def _contains(container: object, item: object) -> bool:
         return False
 
 
-def _groups_config(env: TrainingEnv) -> list[Mapping[str, Any]]:
-    groups = env.resource_config.get("instance_groups", [])
-    return list(groups) if isinstance(groups, list) else []
-
-
-def current_group_name(env: TrainingEnv) -> Any:
-    return env.resource_config.get("current_group_name", _DEFAULT_GROUP)
-
-
-def distribution_instance_groups(env: TrainingEnv) -> Any:
+def distribution_instance_groups(framework_params: Mapping[str, Any], current_group: str) -> Any:
     """``sagemaker_distribution_instance_groups``, else the current group when a distribution is on."""
-    framework = env.additional_framework_parameters
-    if "sagemaker_distribution_instance_groups" in framework:
-        return framework["sagemaker_distribution_instance_groups"]
-    if any(framework.get(switch, False) for switch in DISTRIBUTION_SWITCHES):
-        return [current_group_name(env)]
+    if "sagemaker_distribution_instance_groups" in framework_params:
+        return framework_params["sagemaker_distribution_instance_groups"]
+    if any(framework_params.get(switch, False) for switch in DISTRIBUTION_SWITCHES):
+        return [current_group]
     return []
 
 
-def distribution_hosts(env: TrainingEnv) -> list[str]:
-    groups = _groups_config(env)
+def distribution_hosts(groups: Sequence[InstanceGroup], hosts: Sequence[str], wanted: object) -> list[str]:
+    """The hosts of the ``wanted`` instance groups; every host of a job without instance groups."""
     if not groups:
-        return list(env.hosts)
-    wanted = distribution_instance_groups(env)
-    hosts: list[str] = []
+        return list(hosts)
+    result: list[str] = []
     for group in groups:
-        if _contains(wanted, group.get("instance_group_name")):
-            hosts.extend(group.get("hosts", []))
-    return hosts
+        if _contains(wanted, group.name):
+            result.extend(group.hosts)
+    return result
 
 
-def master_hostname(env: TrainingEnv) -> str:
+def master_hostname(distribution_hosts: Sequence[str], hosts: Sequence[str]) -> str:
     """The toolkit's master: first distribution host, else first host."""
-    hosts = distribution_hosts(env)
-    return hosts[0] if hosts else env.hosts[0]
+    return distribution_hosts[0] if distribution_hosts else hosts[0]
 
 
-def current_instance_group_hosts(env: TrainingEnv) -> list[str]:
-    current = current_group_name(env)
-    for group in _groups_config(env):
-        if group.get("instance_group_name") == current:
-            return list(group.get("hosts", []))
+def current_instance_group_hosts(groups: Sequence[InstanceGroup], current_group: str) -> list[str]:
+    for group in groups:
+        if group.name == current_group:
+            return list(group.hosts)
     return []
 
 
-def _user_entry_point(env: TrainingEnv) -> Any:
-    if env.program_from_env:
-        return env.user_entry_point
-    return env.sagemaker_hyperparameters.get("sagemaker_program")
+def to_env_vars(training_env: Mapping[str, Any]) -> dict[str, str]:
+    """Every ``SM_*`` variable of the toolkit's ``Environment.to_env_vars()`` (PYTHONPATH aside).
 
-
-def _module_name(env: TrainingEnv) -> str:
-    # The toolkit takes str() of the hyperparameter, so a job without a program reports "None".
-    return env.module_name if env.module_name is not None else "None"
-
-
-def _modelparallel_enabled(env: TrainingEnv) -> bool | None:
-    if env.mp_parameters is None:
-        return None
-    return env.mp_parameters != "{}"
-
-
-def training_env(env: TrainingEnv) -> dict[str, Any]:
-    """The toolkit's ``dict(Environment())``: the document exported as ``SM_TRAINING_ENV``."""
-    paths = env.paths
-    groups = _groups_config(env)
-    master = master_hostname(env)
-    return {
-        "additional_framework_parameters": dict(env.additional_framework_parameters),
-        "channel_input_dirs": env.channel_input_dirs,
-        "current_host": env.current_host,
-        "current_instance_group": current_group_name(env),
-        "current_instance_group_hosts": current_instance_group_hosts(env),
-        "current_instance_type": env.resource_config.get("current_instance_type", "local"),
-        "distribution_hosts": distribution_hosts(env),
-        "distribution_instance_groups": distribution_instance_groups(env),
-        "framework_module": env.framework_module,
-        "hosts": list(env.hosts),
-        "hyperparameters": dict(env.hyperparameters),
-        "input_config_dir": str(paths.input_config_dir),
-        "input_data_config": dict(env.input_data_config),
-        "input_dir": str(paths.input_dir),
-        "instance_groups": [g.get("instance_group_name") for g in groups],
-        "instance_groups_dict": {g.get("instance_group_name"): g for g in groups},
-        "is_hetero": len(groups) > 1,
-        "is_master": env.current_host == master,
-        "is_modelparallel_enabled": _modelparallel_enabled(env),
-        "is_smddpmprun_installed": env.smddpmprun_installed,
-        "is_smddprun_installed": env.smddprun_installed,
-        "job_name": env.job_name or None,
-        "log_level": env.sagemaker_hyperparameters.get("sagemaker_container_log_level", 20),
-        "master_hostname": master,
-        "model_dir": str(paths.model_dir),
-        "module_dir": env.module_dir,
-        "module_name": _module_name(env),
-        "network_interface_name": env.resource_config.get("network_interface_name", "eth0"),
-        "num_cpus": env.num_cpus,
-        "num_gpus": env.num_gpus,
-        "num_neurons": env.num_neurons,
-        "output_data_dir": str(paths.output_data_dir),
-        "output_dir": str(paths.output_dir),
-        "output_intermediate_dir": str(paths.output_intermediate_dir),
-        "resource_config": dict(env.resource_config),
-        "topology": env.resource_config.get("topology", []),
-        "user_entry_point": _user_entry_point(env),
-    }
-
-
-def to_env_vars(env: TrainingEnv) -> dict[str, str]:
-    """Every ``SM_*`` variable of the toolkit's ``Environment.to_env_vars()`` (PYTHONPATH aside)."""
-    doc = training_env(env)
+    ``training_env`` is the ``SM_TRAINING_ENV`` document (:meth:`TrainingEnv.to_dict`).
+    """
+    doc = training_env
     values: dict[str, Any] = {
         "hosts": doc["hosts"],
         "network_interface_name": doc["network_interface_name"],
@@ -242,14 +174,13 @@ def to_env_vars(env: TrainingEnv) -> dict[str, str]:
         "model_dir": doc["model_dir"],
         "module_dir": doc["module_dir"],
         "training_env": doc,
-        "user_args": to_cmd_args(env.hyperparameters),
+        "user_args": to_cmd_args(doc["hyperparameters"]),
         "output_intermediate_dir": doc["output_intermediate_dir"],
     }
     if doc["topology"]:
         values["topology"] = doc["topology"]
     for name, path in doc["channel_input_dirs"].items():
         values[f"channel_{name}"] = path
-    for key, value in env.hyperparameters.items():
+    for key, value in doc["hyperparameters"].items():
         values[f"hp_{key}"] = value
     return mapping_to_env_vars(values)
-

@@ -9,6 +9,10 @@ stdout is inherited (no copy, no buffering by us). stderr goes through a pipe th
 continuously — so large output never deadlocks — writing every chunk straight to our stderr and keeping
 the last :data:`STDERR_TAIL_BYTES` bytes for the failure file. ``PYTHONUNBUFFERED=1`` is set for the
 child unless already set, so Python programs' output is live.
+
+When the program exits, whatever it left running in its process group (a data loader, a background
+helper that ignores SIGTERM) gets SIGTERM and, :data:`LEFTOVER_GRACE` seconds later, SIGKILL: on SageMaker
+the end of the container ends them all, and nothing may outlive a job run outside a container either.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +41,8 @@ STDERR_TAIL_BYTES = 64 * 1024
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: How long to wait for the stderr pipe to drain after the program exited (a grandchild may hold it).
 _DRAIN_TIMEOUT = 5.0
+#: Seconds processes left in the program's process group after it exits get between SIGTERM and SIGKILL.
+LEFTOVER_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,59 @@ def _send(pid: int, signum: int, state: dict[str, Any]) -> None:
         os.killpg(pid, signum)
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a live member (zombies do not count where /proc tells them apart)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, group = stat[stat.rfind(")") + 2:].split()[:3]
+        if int(group) == pgid and state not in ("Z", "X"):
+            return True
+    return False
+
+
+def _reap() -> None:
+    """As PID 1 (``train`` as a container's entry point) we inherit orphans: collect the dead ones."""
+    if os.getpid() != 1:
+        return
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def end_group(pgid: int, grace: float = LEFTOVER_GRACE) -> bool:
+    """SIGTERM what is left in process group ``pgid``, SIGKILL after ``grace`` s; True when something was."""
+    if not _group_alive(pgid):
+        return False
+    log.warning("the program left processes in its process group %d: SIGTERM, then SIGKILL after %g s",
+                pgid, grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        _reap()
+        if not _group_alive(pgid):
+            return True
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    _reap()
+    return True
+
+
 def run_program(
     argv: Sequence[str],
     *,
@@ -155,6 +215,7 @@ def run_program(
         for signum in state["pending"]:
             _send(proc.pid, signum, state)
         returncode = proc.wait()  # signal handlers run in between; wait() resumes (PEP 475)
+        end_group(proc.pid)
         reader.join(_DRAIN_TIMEOUT)
         if reader.is_alive():
             log.warning("the program's stderr is still open (a background process?); not waiting for it")

@@ -16,7 +16,9 @@ Responses (``Accept``; default JSON): ``application/json``
 with one line per row: the label, then one probability per class in ``class_names`` order.
 
 Bad requests raise :class:`RequestError`, which carries ``status_code``, ``message`` and ``phrase`` like
-sagemaker-inference's ``BaseInferenceToolkitError`` (and is one, when that package is installed).
+sagemaker-inference's ``BaseInferenceToolkitError`` (and is one, when that package is installed): both
+smbyoc and sagemaker-inference answer with that status. That covers malformed CSV, JSON nested too
+deeply for the parser, and numbers that do not fit the model's float32 input.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import onnxruntime as ort
 
 JSON = "application/json"
 CSV = "text/csv"
+#: The model's input is float32: larger magnitudes would become infinities (and NaN probabilities).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _error_base() -> type[Exception]:
@@ -98,11 +102,18 @@ def _number(value: object, where: str) -> float:
         raise RequestError(400, f"{where}: expected a number, got {value!r}")
     try:
         number = float(value)
-    except ValueError:
-        raise RequestError(400, f"{where}: expected a number, got {value!r}") from None
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float
+        raise RequestError(400, f"{where}: expected a number, got {_short(value)}") from None
     if not math.isfinite(number):
-        raise RequestError(400, f"{where}: {value!r} is not a finite number")
+        raise RequestError(400, f"{where}: {_short(value)} is not a finite number")
+    if abs(number) > FLOAT32_MAX:
+        raise RequestError(400, f"{where}: {_short(value)} is out of the model's float32 range")
     return number
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -136,9 +147,12 @@ def _batch_from_json(payload: object) -> Batch:
 
 
 def _batch_from_csv(text: str) -> Batch:
-    lines: list[list[object]] = [
-        [cell.strip() for cell in row] for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)
-    ]
+    try:
+        lines: list[list[object]] = [
+            [cell.strip() for cell in row] for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)
+        ]
+    except csv.Error as e:  # an unterminated quote, a field over csv.field_size_limit()...
+        raise RequestError(400, f"request body is not valid CSV: {e}") from None
     if not lines:
         raise RequestError(400, "CSV body has no rows")
     if all(_is_number(cell) for cell in lines[0]):
@@ -164,6 +178,8 @@ def input_fn(input_data: str | bytes, content_type: str) -> Batch:
             payload = json.loads(_text(input_data))
         except ValueError as e:
             raise RequestError(400, f"request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise RequestError(400, "request body is not valid JSON: it is nested too deeply") from None
         return _batch_from_json(payload)
     if media_type == CSV:
         return _batch_from_csv(_text(input_data))
