@@ -2,7 +2,7 @@
 # The README benchmarks, one after the other (about 9 + 5 + 6 minutes on the 2-core dev box).
 set -eu
 cd "$(dirname "$0")/.."
-sh bench/setup_bench_tools.sh
+scripts/setup-bench-tools
 PY=$(sh bench/setup_bench_venv.sh | tail -1)
 uptime
 .venv/bin/python bench/serve_bench.py --it-python "$PY" "$@"

@@ -10,7 +10,7 @@ round (the order rotates from round to round); a thread GETs /ping every 50 ms m
 over rounds; /ping columns pool the samples; ratios are against the first path. Then, per path, /ping while
 both workers are busy with 1-second predictions (a user handler that sleeps).
 
-    sh bench/setup_bench_tools.sh    # wrk (and nginx)
+    scripts/setup-bench-tools    # wrk (and nginx)
     .venv/bin/python bench/worker_classes.py [--model default --duration 5 --reps 5 --concurrency 1 8 32]
 """
 
@@ -102,7 +102,7 @@ def main() -> int:
     parser.add_argument("--no-busy-ping", dest="busy_ping", action="store_false")
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("nginx") is None:
-        sys.exit("wrk and nginx are needed on PATH (sh bench/setup_bench_tools.sh)")
+        sys.exit("wrk and nginx are needed on PATH (scripts/setup-bench-tools)")
     kinds: list[str] = args.paths
     model = MODELS[args.model]
     compile_smbyoc()

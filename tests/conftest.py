@@ -26,7 +26,7 @@ def nginx_on_path() -> str:
 
 @pytest.fixture(scope="session")
 def docker_client() -> Any:
-    from smbyoc.build.docker_client import get_client
+    from smbyoc.docker.client import get_client
 
     try:
         return get_client()

@@ -1,4 +1,5 @@
-"""Logging set-up for entry points only (``train``, ``serve``, ``smbyoc``); modules never call this."""
+"""Logging set-up for entry points only (``train``, ``serve``, ``smbyoc``; modules never call it), and text
+made safe for a terminal."""
 
 from __future__ import annotations
 
@@ -17,3 +18,16 @@ def configure_logging(level: int = logging.INFO, stream: object = None) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every non-printable character but newline and tab shown escaped, as ``\\xNN``,
+    ``\\uNNNN`` or ``\\UNNNNNNNN`` (ESC is ``\\x1b``): a failure file cannot drive the terminal."""
+    return "".join(c if c.isprintable() or c in "\n\t" else _escape(c) for c in text)

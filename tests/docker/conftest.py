@@ -4,7 +4,7 @@
   ``CI`` is set (CI must run these tests for real; .ci/run starts the engine with scripts/setup-docker-engine)
   and skips otherwise, naming the reason.
 * ``default_images``: the default cpu train and serve images (``smbyoc/train:cpu``, ``smbyoc/serve:cpu``),
-  built once per session through :func:`smbyoc.build.builder.ensure_image` when absent.
+  built once per session through :func:`smbyoc.images.builder.ensure_image` when absent.
 * ``docker_test_prefix`` / ``docker_cleanup``: tag images ``smbyoc-test/...`` and remove them afterwards.
 """
 
@@ -33,7 +33,7 @@ def _local_base(client: Any) -> str | None:
 @pytest.fixture(scope="session")
 def default_images(docker_client: Any) -> dict[str, str]:
     """``{"train": tag, "serve": tag}`` of the default cpu images, built if absent."""
-    from smbyoc.build.builder import ensure_image
+    from smbyoc.images.builder import ensure_image
 
     base = _local_base(docker_client)
     return {kind: ensure_image(kind, "cpu", client=docker_client, base_image=base)

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from smbyoc.emulator.endpoint import DockerEndpoint, EndpointSpec, free_port
+from helpers import free_port
+from smbyoc.emulator.endpoint import DockerEndpoint, EndpointSpec
 from smbyoc.emulator.runtime_client import invoke
 from smbyoc.examples import default_example
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from smbyoc.emulator.endpoint import DockerEndpoint, EndpointSpec, free_port
+from helpers import free_port
+from smbyoc.emulator.endpoint import DockerEndpoint, EndpointSpec
 from smbyoc.emulator.runtime_client import MAX_BODY_BYTES, InvokeError, invoke
 from smbyoc.errors import ServingError
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from smbyoc.build.docker_client import translate_docker_errors
+from smbyoc.docker.client import translate_docker_errors
 from smbyoc.errors import DockerError
 
 pytestmark = pytest.mark.docker

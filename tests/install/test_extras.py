@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from serve_support import expected, write_linear_onnx  # noqa: E402
 
-from smbyoc.serving.ports import free_port  # noqa: E402
-from smbyoc.serving.supervisor import wait_until_ready  # noqa: E402
+from helpers import free_port, wait_for_file  # noqa: E402
+from smbyoc.emulator.runtime_client import wait_until_healthy  # noqa: E402
 
 pytestmark = [pytest.mark.install, pytest.mark.slow]
 
@@ -38,12 +37,12 @@ pytestmark = [pytest.mark.install, pytest.mark.slow]
 PACKAGE_DATA = [
     "smbyoc/py.typed",
     "smbyoc/templates/nginx.conf.template",
-    "smbyoc/templates/build/Dockerfile.train",
-    "smbyoc/templates/build/Dockerfile.serve",
-    "smbyoc/templates/build/Dockerfile.neuron",
-    "smbyoc/templates/build/images/entrypoint",
-    "smbyoc/templates/build/images/cpu/variant.json",
-    "smbyoc/templates/build/images/cpu/requirements-serve.txt",
+    "smbyoc/templates/docker/Dockerfile.train",
+    "smbyoc/templates/docker/Dockerfile.serve",
+    "smbyoc/templates/docker/Dockerfile.neuron",
+    "smbyoc/templates/docker/images/entrypoint",
+    "smbyoc/templates/docker/images/cpu/variant.json",
+    "smbyoc/templates/docker/images/cpu/requirements-serve.txt",
     "smbyoc/examples/default/train.py",
     "smbyoc/examples/default/inference.py",
     "smbyoc/examples/default/hyperparameters.schema.json",
@@ -180,7 +179,7 @@ def test_train_runtime_needs_no_extras_and_owns_smbyoc_train(dist: Dist, tmp_pat
 
 
 def _wait_and_predict(proc: subprocess.Popen[str], url: str) -> None:
-    wait_until_ready(url, timeout=120, process=proc)  # type: ignore[arg-type]
+    wait_until_healthy(url, 120, alive=lambda: None if proc.poll() is None else f"serve exited ({proc.returncode})")
     import urllib.request
 
     request = urllib.request.Request(url + "/invocations", data=b"[[1.0, 2.0, 3.0]]",
@@ -225,10 +224,7 @@ def test_bundled_example_in_process_mode_from_the_example_extra(dist: Dist, tmp_
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )
     try:
-        deadline = time.monotonic() + 180
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ready.exists(), proc.communicate(timeout=30)
+        assert wait_for_file(ready, proc, 180), proc.communicate(timeout=30)
         row = "55.11,2.6644,314.36,1691.4,10.082,395.14,47.60,77.70"
         result = run([str(bin_dir / "smbyoc"), "invoke", "--url", ready.read_text().strip(),
                       "--content-type", "text/csv", "--accept", "text/csv", row], env=env)
@@ -260,10 +256,7 @@ def test_host_cli_in_docker_mode_from_the_docker_extra(dist: Dist, tmp_path: Pat
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ready.exists(), proc.communicate(timeout=60)
+        assert wait_for_file(ready, proc, 180), proc.communicate(timeout=60)
         result = run([str(bin_dir / "smbyoc"), "invoke", "--url", ready.read_text().strip(), "[[1.0, 2.0, 3.0]]"],
                      env=env)
         (row,) = json.loads(result.stdout)

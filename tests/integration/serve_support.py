@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smbyoc.serving.ports import free_port
-from smbyoc.serving.supervisor import ping, serve_command
+from helpers import free_port, serve_command
+from smbyoc.emulator.runtime_client import ping
 
 W = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=np.float32)
 B = np.array([0.5, -0.5], dtype=np.float32)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from smbyoc.emulator.endpoint import free_port
+from helpers import free_port
 
 pytestmark = pytest.mark.integration
 

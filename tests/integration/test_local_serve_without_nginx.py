@@ -9,13 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from serve_support import expected, write_linear_onnx
 
-from smbyoc.emulator.endpoint import free_port
+from helpers import free_port, wait_for_file
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +43,7 @@ def test_serves_through_gunicorn_with_one_warning(tmp_path: Path, model_dir: Pat
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ready.exists(), proc.communicate(timeout=30)
+        assert wait_for_file(ready, proc, 120), proc.communicate(timeout=30)
         url = ready.read_text().strip()
         result = subprocess.run([*SMBYOC, "invoke", "--url", url, "[[1.0, 2.0, 3.0]]"],
                                 capture_output=True, timeout=60, env=env)

@@ -24,7 +24,7 @@ from serve_support import (
     write_linear_onnx,
 )
 
-from smbyoc.serving.supervisor import ping
+from smbyoc.emulator.runtime_client import ping
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("nginx_on_path")]
 

@@ -265,9 +265,9 @@ def test_serve_behind_nginx_uses_it_and_sync_stays_selectable(tmp_path: Path, ng
 def test_behind_nginx_a_failed_response_is_an_error_not_a_short_200(
     gunicorn: Gunicorn, tmp_path: Path, nginx_on_path: str
 ) -> None:
+    from helpers import free_port
     from smbyoc.serving.env import ServingEnv
     from smbyoc.serving.nginx import nginx_argv, render_nginx_conf
-    from smbyoc.serving.ports import free_port
 
     env = ServingEnv(port=free_port(), host="127.0.0.1", workers=2)
     conf = tmp_path / "nginx.conf"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import smbyoc
-from smbyoc.archives import ExtractLimits, _write_all, safe_extract
+from smbyoc.archives import ExtractLimits, safe_extract
+from smbyoc.archives.extract import _write_all
 from smbyoc.emulator.endpoint import prepare_model_dir
 from smbyoc.errors import ArchiveError
 from smbyoc.training.code import prepare_code

@@ -6,7 +6,8 @@ import tarfile
 
 import pytest
 
-from smbyoc.archives import ExtractLimits, _write_all, create_tar_gz, is_tar_archive, safe_extract
+from smbyoc.archives import ExtractLimits, create_tar_gz, is_tar_archive, safe_extract
+from smbyoc.archives.extract import _write_all
 from smbyoc.errors import ArchiveError, EnvVarError
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from smbyoc.build import context, wheelhouse
-from smbyoc.build.docker_client import get_client, translate
-from smbyoc.build.repositories import newest, parse_packages_index
-from smbyoc.build.variants import VARIANT_NAMES, all_variants, data_dir, load_variant
+from smbyoc.docker.client import get_client, translate
 from smbyoc.errors import BuildError, ConfigError, DockerError
+from smbyoc.images import context, wheelhouse
+from smbyoc.images.repositories import newest, parse_packages_index
+from smbyoc.images.variants import VARIANT_NAMES, all_variants, data_dir, load_variant
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,7 +149,7 @@ def test_docker_errors_translate_to_smbyoc_errors() -> None:
 def test_ensure_image_rebuilds_images_built_from_another_smbyoc(monkeypatch):
     from types import SimpleNamespace
 
-    from smbyoc.build import builder
+    from smbyoc.images import builder
 
     built: list[str] = []
     current = builder.source_fingerprint()

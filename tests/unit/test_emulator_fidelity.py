@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from smbyoc.cli.status_line import StatusDisplay
 from smbyoc.emulator.checkpoint_sync import CheckpointSync
 from smbyoc.emulator.job_spec import ChannelSpec, TrainingJobSpec
 from smbyoc.emulator.layout import channel_objects
 from smbyoc.emulator.manifest import read_manifest
 from smbyoc.emulator.pipe_feeder import PipeFeeder, PipeSource
-from smbyoc.emulator.status import StatusDisplay
 from smbyoc.errors import ConfigError
 from smbyoc.paths import Paths
 from smbyoc.training.pipe import PipeChannel, read_recordio

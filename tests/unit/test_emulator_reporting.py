@@ -11,9 +11,10 @@ import sys
 
 import pytest
 
+from smbyoc.cli.status_line import stdout_to_stderr
 from smbyoc.emulator.docker_training import host_addresses
-from smbyoc.emulator.status import stdout_to_stderr, terminal_safe
 from smbyoc.errors import DockerError
+from smbyoc.logs import terminal_safe
 from smbyoc.training.failure import FAILURE_REASON_LIMIT, algorithm_error_reason
 
 
@@ -50,7 +51,7 @@ def test_stdout_to_stderr_moves_both_levels() -> None:
     """sys.stdout and file descriptor 1 (which a child process inherits) both reach stderr meanwhile."""
     script = (
         "import os, subprocess, sys\n"
-        "from smbyoc.emulator.status import stdout_to_stderr\n"
+        "from smbyoc.cli.status_line import stdout_to_stderr\n"
         "print('before')\n"
         "with stdout_to_stderr():\n"
         "    print('python level')\n"

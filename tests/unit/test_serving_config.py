@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port
 from smbyoc.errors import ConfigError, EnvVarError, ServingError
 from smbyoc.serving.env import ServingEnv
 from smbyoc.serving.gunicorn import gunicorn_argv
 from smbyoc.serving.nginx import load_template, render_nginx_conf
-from smbyoc.serving.ports import free_port, next_safe_port, port_is_free
+from smbyoc.serving.ports import next_safe_port, port_is_free
 from smbyoc.serving.supervisor import prepare
 
 

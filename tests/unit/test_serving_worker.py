@@ -10,8 +10,8 @@ import pytest
 from smbyoc.serving.worker import (
     MAX_HEAD_BYTES,
     MAX_HEADER_FIELDS,
-    BadRequest,
     ConnectionClosed,
+    MalformedRequest,
     ResponseFailed,
     ResponseWriter,
     error_bytes,
@@ -91,7 +91,7 @@ def test_parse_head_pep3333_details() -> None:
     (b"POST /invocations HTTP/1.1" + b"\r\nX-A: 1" * (MAX_HEADER_FIELDS + 1), 431, "header fields"),
 ])
 def test_parse_head_rejects(head: bytes, status: int, needle: str) -> None:
-    with pytest.raises(BadRequest, match=needle) as caught:
+    with pytest.raises(MalformedRequest, match=needle) as caught:
         parse_head(head, SERVER)
     assert caught.value.status == status
 
@@ -102,7 +102,7 @@ def test_read_head_across_chunks_and_limits() -> None:
         read_head(feeder())
     with pytest.raises(ConnectionClosed):
         read_head(feeder(b"GET / HTTP/1.1\r\n"))
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(MalformedRequest) as caught:
         read_head(feeder(*[b"X-Filler: " + b"a" * 1000 + b"\r\n"] * (MAX_HEAD_BYTES // 1000 + 2)))
     assert caught.value.status == 431
 

@@ -1,4 +1,4 @@
-"""``smbyoc build``: build a SageMaker training or serving image (see :mod:`smbyoc.build.builder`)."""
+"""``smbyoc build``: build a SageMaker training or serving image (see :mod:`smbyoc.images.builder`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from smbyoc.build.variants import VARIANT_NAMES
 from smbyoc.cli import library_errors
+from smbyoc.images.variants import VARIANT_NAMES
 
 
 @click.command("build")
@@ -38,7 +38,7 @@ def build(kind: str, variant: str, tag: str | None, code_dir: Path | None, base_
       smbyoc build --kind serve --variant cpu --tag my-model:serve --context ./code
       smbyoc build --kind train --base-image smbyoc/base:bookworm   # air-gapped (scripts/build-base-image)
     """
-    from smbyoc.build.builder import build_image
+    from smbyoc.images.builder import build_image
 
     result = build_image(kind, variant, tag, code_dir=code_dir, base_image=base_image,
                          requirements=requirements, nocache=no_cache,

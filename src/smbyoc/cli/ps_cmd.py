@@ -13,7 +13,7 @@ from smbyoc.cli import library_errors
 
 def docker_resources() -> list[dict[str, Any]] | None:
     """smbyoc's containers and networks with their owner's state; None when no Docker Engine answers."""
-    from smbyoc.build.docker_client import get_client
+    from smbyoc.docker.client import get_client
     from smbyoc.emulator.containers import JOB_LABEL, owned_resources
     from smbyoc.errors import DockerError
 

@@ -83,11 +83,11 @@ def local_serve(
         else:
             if require_nginx:
                 raise ConfigError("only for --mode process (images bring their own nginx)", key="--require-nginx")
-            from smbyoc.build.docker_client import get_client
+            from smbyoc.docker.client import get_client
 
             client = get_client()
             if image is None:
-                from smbyoc.build.defaults import ensure_default_image
+                from smbyoc.images.defaults import ensure_default_image
 
                 image = ensure_default_image(client, "serve")
                 if model_data is None:

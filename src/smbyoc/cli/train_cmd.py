@@ -13,11 +13,12 @@ import click
 from smbyoc import exit_codes
 from smbyoc.cli import library_errors
 from smbyoc.cli.options import parse_channel_settings, parse_pairs
+from smbyoc.cli.status_line import StatusDisplay, stdout_to_stderr
 from smbyoc.emulator.job_spec import TrainingJobSpec, load_hyperparameters_argument, merge_hyperparameters
 from smbyoc.emulator.local_training import LocalTrainingJob, run_local_training
 from smbyoc.emulator.result import TrainingJobResult
-from smbyoc.emulator.status import StatusDisplay, stdout_to_stderr, terminal_safe
 from smbyoc.errors import ConfigError
+from smbyoc.logs import terminal_safe
 
 
 class JobConsole:

@@ -4,7 +4,7 @@ Every container and network the emulator creates carries the label ``com.smbyoc.
 be found and removed, also after a crash (:func:`remove_leftovers`), and the ``com.smbyoc.owner-*`` labels
 naming the emulator process that owns it (:class:`~smbyoc.emulator.owners.Owner`): when that process is
 gone (``kill -9``), :func:`remove_orphans` removes them. Docker SDK errors are translated by
-:func:`smbyoc.build.docker_client.translate_docker_errors`.
+:func:`smbyoc.docker.client.translate_docker_errors`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smbyoc.build.docker_client import translate_docker_errors
+from smbyoc.docker.client import translate_docker_errors
 from smbyoc.emulator.owners import Owner
 from smbyoc.errors import DockerError
 
@@ -28,7 +28,7 @@ OWNER_LABEL = "com.smbyoc.owner"
 JOB_LABEL = "com.smbyoc.job"
 HOST_LABEL = "com.smbyoc.host"
 
-LineSink = Callable[[str, str], None]
+HostLineSink = Callable[[str, str], None]
 
 
 def unique_suffix() -> str:
@@ -57,7 +57,7 @@ def require_image(client: Any, image: str) -> Any:
         raise DockerError(f"Docker Engine error looking up image {image!r}: {e.explanation or e}") from e
 
 
-def stream_logs(container: Any, host: str, sink: LineSink) -> threading.Thread:
+def stream_logs(container: Any, host: str, sink: HostLineSink) -> threading.Thread:
     """Follow a container's output in a daemon thread, one call of ``sink(host, line)`` per line."""
 
     def pump() -> None:

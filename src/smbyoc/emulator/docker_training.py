@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from smbyoc import exit_codes
-from smbyoc.build.docker_client import translate_docker_errors
+from smbyoc.docker.client import translate_docker_errors
 from smbyoc.emulator import containers
-from smbyoc.emulator.containers import LineSink
+from smbyoc.emulator.containers import HostLineSink
 from smbyoc.emulator.job_spec import TrainingJobSpec
 from smbyoc.emulator.layout import HostTree
 from smbyoc.emulator.result import HostOutcome
@@ -42,7 +42,7 @@ def print_line(host: str, line: str) -> None:
     sys.stdout.flush()
 
 
-def prefixed_printer(hosts: int) -> LineSink:
+def prefixed_printer(hosts: int) -> HostLineSink:
     """Each log line prefixed with its host (``[algo-1] ...``), as the CloudWatch streams name them."""
 
     def sink(host: str, line: str) -> None:
@@ -157,7 +157,7 @@ class DockerTrainingBackend:
     code_dir: Path | None = None
     stop_timeout: float = 120.0
     user: str | None = None
-    sink: LineSink | None = None
+    sink: HostLineSink | None = None
     owner: tuple[int, int] = field(default_factory=containers.invoking_owner)
     chown_with_container: bool = False
     name: str = "docker"

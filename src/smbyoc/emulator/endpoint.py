@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,11 +42,6 @@ LOG_TAIL_LINES = 40
 
 LineSink = Callable[[str], None]
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def prepare_model_dir(model_data: Path | None, target: Path) -> Path:
@@ -315,7 +309,7 @@ class DockerEndpoint(Endpoint):
         return args
 
     def _start(self) -> None:
-        from smbyoc.build.docker_client import translate_docker_errors
+        from smbyoc.docker.client import translate_docker_errors
 
         containers.require_image(self.client, self.image)
         # The model directory must be readable by whatever user the image runs as.

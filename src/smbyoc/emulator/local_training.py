@@ -34,7 +34,7 @@ from smbyoc.errors import ConfigError
 from smbyoc.opt_ml.input_data_config_file import COMPRESSION_TYPES, INPUT_MODES, RECORD_WRAPPER_TYPES
 
 if TYPE_CHECKING:
-    from smbyoc.emulator.containers import LineSink
+    from smbyoc.emulator.containers import HostLineSink
     from smbyoc.emulator.result import TrainingJobResult
     from smbyoc.emulator.training_job import StatusCallback, TrainingBackend
 
@@ -120,7 +120,7 @@ def run_local_training(
     *,
     on_start: Callable[[TrainingJobSpec], None] | None = None,
     on_status: StatusCallback | None = None,
-    sink: LineSink | None = None,
+    sink: HostLineSink | None = None,
 ) -> TrainingJobResult:
     """Check ``job`` and run it; every bad input raises one :class:`~smbyoc.errors.ConfigError` (or
     :class:`~smbyoc.errors.DockerError`) before anything is created.
@@ -236,7 +236,7 @@ def _field_values(name: str, settings: list[ChannelSetting], channels: list[str]
     return job_value, per_channel
 
 
-def make_backend(job: LocalTrainingJob, code_dir: Path | None, sink: LineSink | None = None) -> TrainingBackend:
+def make_backend(job: LocalTrainingJob, code_dir: Path | None, sink: HostLineSink | None = None) -> TrainingBackend:
     """The job's backend (Docker mode: a client that answered, and the image, the default one built if
     absent); checks the options that only one mode takes."""
     if job.mode == "process":
@@ -248,7 +248,7 @@ def make_backend(job: LocalTrainingJob, code_dir: Path | None, sink: LineSink | 
         return ProcessBackend(command=command, stop_timeout=job.stop_timeout)
     if job.mode != "docker":
         raise ConfigError("expected docker or process", key=f"mode {job.mode!r}")
-    from smbyoc.build.docker_client import get_client
+    from smbyoc.docker.client import get_client
     from smbyoc.emulator.docker_training import DockerTrainingBackend
 
     if job.user is not None and not all(part.isdigit() for part in job.user.split(":", 1)):
@@ -256,7 +256,7 @@ def make_backend(job: LocalTrainingJob, code_dir: Path | None, sink: LineSink | 
     client = get_client()
     image = job.image
     if image is None:
-        from smbyoc.build.defaults import ensure_default_image
+        from smbyoc.images.defaults import ensure_default_image
 
         image = ensure_default_image(client, "train")
     local_code = code_dir if code_dir is not None and not str(code_dir).startswith("s3://") else None

@@ -38,7 +38,7 @@ class InvokeError(SmbyocError):
 
 
 @dataclass(frozen=True)
-class Response:
+class InvocationResponse:
     status: int
     body: bytes
     content_type: str | None
@@ -55,7 +55,7 @@ def _split(url: str) -> tuple[str, int, str]:
 
 
 def request(url: str, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
-            timeout: float = INVOCATION_TIMEOUT) -> Response:
+            timeout: float = INVOCATION_TIMEOUT) -> InvocationResponse:
     host, port, prefix = _split(url)
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     start = time.monotonic()
@@ -63,7 +63,7 @@ def request(url: str, method: str, path: str, body: bytes | None = None, headers
         connection.request(method, prefix + path, body=body, headers=dict(headers or {}))
         answer = connection.getresponse()
         data = answer.read()
-        return Response(
+        return InvocationResponse(
             status=answer.status, body=data, content_type=answer.getheader("Content-Type"),
             custom_attributes=answer.getheader("X-Amzn-SageMaker-Custom-Attributes"),
             headers={k: v for k, v in answer.getheaders()}, seconds=time.monotonic() - start,
@@ -92,7 +92,7 @@ def invoke(
     inference_id: str | None = None,
     enforce_limits: bool = True,
     timeout: float = INVOCATION_TIMEOUT,
-) -> Response:
+) -> InvocationResponse:
     """``POST /invocations`` the way InvokeEndpoint does; raises InvokeError where SageMaker would fail."""
     if enforce_limits and len(body) > MAX_BODY_BYTES:
         raise InvokeError("ValidationError", f"request body has {len(body):,} bytes; the limit is "

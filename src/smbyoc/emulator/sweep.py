@@ -28,7 +28,7 @@ PARTIAL_PATTERN = ".*.partial"
 
 
 def _docker_client() -> Any:
-    from smbyoc.build.docker_client import get_client
+    from smbyoc.docker.client import get_client
 
     return get_client(timeout=30)
 

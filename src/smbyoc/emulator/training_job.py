@@ -28,7 +28,7 @@ from smbyoc.emulator.job_spec import TrainingJobSpec
 from smbyoc.emulator.layout import HostTree, channel_objects, lay_out_host, make_writable
 from smbyoc.emulator.pipe_feeder import PipeSource, start_feeders, stop_feeders
 from smbyoc.emulator.result import HostOutcome, TrainingJobResult
-from smbyoc.emulator.status import terminal_safe
+from smbyoc.logs import terminal_safe
 from smbyoc.training import failure
 
 log = logging.getLogger(__name__)

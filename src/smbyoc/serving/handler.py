@@ -64,7 +64,7 @@ class Bound:
 
 
 @dataclass(frozen=True)
-class Response:
+class HandlerResult:
     body: bytes
     content_type: str
     headers: Mapping[str, str]
@@ -172,7 +172,7 @@ class Handler:
         return dict(result or {})
 
     # ------------------------------------------------------------------------------------- requests
-    def invoke(self, body: bytes, content_type_header: str | None, headers: Mapping[str, str]) -> Response:
+    def invoke(self, body: bytes, content_type_header: str | None, headers: Mapping[str, str]) -> HandlerResult:
         """Run one request through transform_fn or input_fn → predict_fn → output_fn."""
         content_type, params = codecs.media_type(content_type_header)
         accept = headers.get("Accept")
@@ -207,7 +207,7 @@ class Handler:
             payload, response_type = result, None
         response_type = response_type or response_headers.pop("Content-Type", None) or _first_type(accept)
         response_headers.pop("Content-Type", None)
-        return Response(_to_bytes(payload), str(response_type), response_headers, status)
+        return HandlerResult(_to_bytes(payload), str(response_type), response_headers, status)
 
     def _default_predict(self, data: Any) -> Any:
         predict = getattr(self.model, "predict", None)

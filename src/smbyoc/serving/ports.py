@@ -18,12 +18,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS considers free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
 
 def next_safe_port(
     port_range: tuple[int, int] | str, after: int | None = None, *, host: str = "127.0.0.1", check: bool = True

@@ -16,11 +16,10 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,54 +196,3 @@ def run(env: ServingEnv) -> int:
         supervisor.cleanup()
         raise ServingError(f"could not start {e.filename or 'a server process'}: {e.strerror or e}") from e
     return supervisor.wait()
-
-
-# --------------------------------------------------------------------- for callers outside the image
-
-
-def serve_command(args: Sequence[str] = (), python: str | None = None) -> list[str]:
-    """argv that runs ``serve`` with this interpreter (what the ``serve`` console script runs)."""
-    return [python or sys.executable, "-m", "smbyoc.serving.main", *args]
-
-
-def start_serve(
-    environ: Mapping[str, str], args: Sequence[str] = (), **popen: object
-) -> subprocess.Popen[bytes]:
-    """Start ``serve`` as a child process with ``environ`` (e.g. SAGEMAKER_BIND_TO_PORT, SAGEMAKER_BASE_DIR)."""
-    return subprocess.Popen(serve_command(args), env=dict(environ), **popen)  # type: ignore[call-overload, no-any-return]
-
-
-def ping(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """``GET <url>/ping``: the status and body (status 0 when the connection fails)."""
-    import urllib.error  # here, not at the top: urllib.request costs ~40 ms that `serve` never needs
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=timeout) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as e:
-        return int(e.code), e.read()
-    except (OSError, urllib.error.URLError):
-        return 0, b""
-
-
-def wait_until_ready(
-    url: str,
-    timeout: float = 240.0,
-    *,
-    interval: float = 0.02,
-    process: subprocess.Popen[bytes] | None = None,
-) -> float:
-    """Poll ``/ping`` until 200; the seconds it took. Raises ServingError on timeout or if ``process`` exits."""
-    start = time.monotonic()
-    last = (0, b"")
-    while True:
-        last = ping(url, timeout=2.0)
-        if last[0] == 200:
-            return time.monotonic() - start
-        if process is not None and process.poll() is not None:
-            raise ServingError(f"serve exited with status {process.returncode} before /ping answered 200")
-        if time.monotonic() - start > timeout:
-            detail = last[1].decode("utf-8", "replace")[:500]
-            raise ServingError(f"/ping at {url} not 200 after {timeout:.0f} s (last: {last[0]} {detail})")
-        time.sleep(interval)

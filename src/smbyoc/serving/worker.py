@@ -65,7 +65,7 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _SPECIAL_HEADERS = {"CONTENT-TYPE": "CONTENT_TYPE", "CONTENT-LENGTH": "CONTENT_LENGTH"}
 
 
-class BadRequest(Exception):
+class MalformedRequest(Exception):
     """A request this worker will not serve; ``status`` is the answer it gets."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -97,7 +97,7 @@ def read_head(recv: Callable[[int], bytes]) -> tuple[bytes, bytes]:
     while True:
         end = data.find(b"\r\n\r\n")
         if end > MAX_HEAD_BYTES or (end < 0 and len(data) > MAX_HEAD_BYTES):
-            raise BadRequest(f"request head larger than {MAX_HEAD_BYTES} bytes", 431)
+            raise MalformedRequest(f"request head larger than {MAX_HEAD_BYTES} bytes", 431)
         if end >= 0:
             return data[:end], data[end + 4:]
         more = recv(_RECV)
@@ -109,7 +109,7 @@ def read_head(recv: Callable[[int], bytes]) -> tuple[bytes, bytes]:
 def parse_head(head: bytes, server: tuple[str, str]) -> dict[str, Any]:
     """The WSGI environ (without ``wsgi.input``) of a request head, PEP 3333 rules.
 
-    The rules are gunicorn's (``gunicorn/http/message.py``). Raises :class:`BadRequest` (400 unless said)
+    The rules are gunicorn's (``gunicorn/http/message.py``). Raises :class:`MalformedRequest` (400 unless said)
     for: a request line that is not ``METHOD TARGET HTTP/1.x`` with a token method and a printable-ASCII
     target; a header name that is not an RFC 9110 token (spaces, NUL, ``@``...), which also refuses folded
     lines; a control character (NUL, CR, LF...) in a value; a ``Content-Length`` that is not ASCII digits or
@@ -121,13 +121,13 @@ def parse_head(head: bytes, server: tuple[str, str]) -> dict[str, Any]:
     parts = lines[0].split(" ")
     if (len(parts) != 3 or not _METHOD.fullmatch(parts[0]) or parts[2] not in ("HTTP/1.1", "HTTP/1.0")
             or not parts[1] or _BAD_TARGET.search(parts[1])):
-        raise BadRequest(f"malformed request line {lines[0][:100]!r}")
+        raise MalformedRequest(f"malformed request line {lines[0][:100]!r}")
     if len(lines) - 1 > MAX_HEADER_FIELDS:
-        raise BadRequest(f"more than {MAX_HEADER_FIELDS} header fields", 431)
+        raise MalformedRequest(f"more than {MAX_HEADER_FIELDS} header fields", 431)
     method, target, protocol = parts
     if not target.startswith("/"):
         if "://" not in target:
-            raise BadRequest(f"malformed request target {target[:100]!r}")
+            raise MalformedRequest(f"malformed request target {target[:100]!r}")
         target = "/" + target.split("://", 1)[1].partition("/")[2]
     path, _, query = target.partition("?")
     path = path.partition("#")[0]
@@ -146,9 +146,9 @@ def parse_head(head: bytes, server: tuple[str, str]) -> dict[str, Any]:
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep or not _TOKEN.fullmatch(name):
-            raise BadRequest(f"malformed header line {line[:100]!r}: the name is not an RFC 9110 token")
+            raise MalformedRequest(f"malformed header line {line[:100]!r}: the name is not an RFC 9110 token")
         if _BAD_VALUE.search(value):
-            raise BadRequest(f"header {name[:100]!r} has a control character (NUL, CR, LF...) in its value")
+            raise MalformedRequest(f"header {name[:100]!r} has a control character (NUL, CR, LF...) in its value")
         upper = name.upper()
         if "_" in upper:  # as nginx and gunicorn: never let X_Forwarded_For pose as X-Forwarded-For
             continue
@@ -156,14 +156,14 @@ def parse_head(head: bytes, server: tuple[str, str]) -> dict[str, Any]:
         value = value.strip(" \t")
         if key in environ:
             if key == "CONTENT_LENGTH":
-                raise BadRequest("more than one Content-Length header")
+                raise MalformedRequest("more than one Content-Length header")
             value = f"{environ[key]},{value}"
         environ[key] = value
     if "HTTP_TRANSFER_ENCODING" in environ:
-        raise BadRequest("Transfer-Encoding is not accepted here (nginx sends buffered bodies)", 501)
+        raise MalformedRequest("Transfer-Encoding is not accepted here (nginx sends buffered bodies)", 501)
     length = environ.get("CONTENT_LENGTH")
     if length is not None and not (length.isascii() and length.isdigit()):  # "²".isdigit() is True
-        raise BadRequest(f"bad Content-Length {length[:40]!r}: not ASCII digits")
+        raise MalformedRequest(f"bad Content-Length {length[:40]!r}: not ASCII digits")
     return environ
 
 
@@ -389,10 +389,10 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
                 environ = parse_head(head, server)
                 length = int(environ.get("CONTENT_LENGTH") or 0)
                 if length > self._max_body:
-                    raise BadRequest(f"request body of {length} bytes exceeds SAGEMAKER_MAX_PAYLOAD_IN_MB "
+                    raise MalformedRequest(f"request body of {length} bytes exceeds SAGEMAKER_MAX_PAYLOAD_IN_MB "
                                      f"({self._max_body} bytes)", 413)
                 body = read_body(client.recv_into, rest, length) if length else b""
-            except BadRequest as e:
+            except MalformedRequest as e:
                 logger.warning("rejected a request on the upstream socket: %s", e)
                 client.sendall(error_bytes(e.status, str(e)))
                 return

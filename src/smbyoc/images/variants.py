@@ -1,7 +1,7 @@
 """The image variants (cpu, cuda, arm64, ei, neuron), read from ``images/<variant>/variant.json``.
 
 One source of truth: the repository's ``Dockerfile.*`` and ``images/`` are the files; the package ships
-them as package data through the links under ``smbyoc/templates/build`` (a wheel holds copies), so an
+them as package data through the links under ``smbyoc/templates/docker`` (a wheel holds copies), so an
 installed smbyoc builds the same images as a checkout.
 """
 
@@ -27,7 +27,7 @@ _OLDEST_GLIBC_MINOR = 17
 
 def data_dir() -> Path:
     """Directory holding ``Dockerfile.*`` and ``images/`` (inside the installed package)."""
-    return Path(str(resources.files("smbyoc") / "templates" / "build"))
+    return Path(str(resources.files("smbyoc") / "templates" / "docker"))
 
 
 @dataclass(frozen=True)

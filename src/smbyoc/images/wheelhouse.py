@@ -21,9 +21,9 @@ from importlib import metadata
 from pathlib import Path
 
 import smbyoc
-from smbyoc.build.variants import Variant
 from smbyoc.environment_variables import SMBYOC_CACHE_DIR
 from smbyoc.errors import BuildError
+from smbyoc.images.variants import Variant
 
 logger = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import smbyoc
-from smbyoc.build import context as build_context
-from smbyoc.build import repositories
-from smbyoc.build.docker_client import get_client, translate_docker_errors
-from smbyoc.build.variants import Variant, load_variant
-from smbyoc.build.wheelhouse import source_fingerprint
+from smbyoc.docker.client import get_client, translate_docker_errors
 from smbyoc.errors import BuildError
+from smbyoc.images import context as build_context
+from smbyoc.images import repositories
+from smbyoc.images.variants import Variant, load_variant
+from smbyoc.images.wheelhouse import source_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class BuildResult:
         return self.size_bytes / 1e6
 
 
-#: Image label holding :func:`smbyoc.build.wheelhouse.source_fingerprint` of the smbyoc inside.
+#: Image label holding :func:`smbyoc.images.wheelhouse.source_fingerprint` of the smbyoc inside.
 SOURCE_LABEL = "org.smbyoc.source"
 
 

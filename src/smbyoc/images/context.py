@@ -18,10 +18,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smbyoc.build import repositories, wheelhouse
-from smbyoc.build.variants import Variant, data_dir
-from smbyoc.build.wheelhouse import Progress
 from smbyoc.errors import BuildError
+from smbyoc.images import repositories, wheelhouse
+from smbyoc.images.variants import Variant, data_dir
+from smbyoc.images.wheelhouse import Progress
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,9 @@ On a terminal the status line (job name, host count, elapsed time, the states so
 ``Starting → Downloading → Training``) is redrawn in place every second on stderr, and log lines are
 printed above it; elsewhere (CI logs, pipes) each state change is one plain line.
 
-Text that came from the job (its ``FailureReason``) goes through :func:`terminal_safe` before it reaches
-a terminal, and under ``--json`` :func:`stdout_to_stderr` keeps standard output for the JSON alone.
+Text that came from the job (its ``FailureReason``) goes through :func:`smbyoc.logs.terminal_safe` before
+it reaches a terminal, and under ``--json`` :func:`stdout_to_stderr` keeps standard output for the JSON
+alone.
 """
 
 from __future__ import annotations
@@ -19,19 +20,6 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 ARROW = " → "
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def terminal_safe(text: str) -> str:
-    """``text`` with every non-printable character but newline and tab shown escaped, as ``\\xNN``,
-    ``\\uNNNN`` or ``\\UNNNNNNNN`` (ESC is ``\\x1b``): a failure file cannot drive the terminal."""
-    return "".join(c if c.isprintable() or c in "\n\t" else _escape(c) for c in text)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from smbyoc.build.builder import default_tag, ensure_image
+from smbyoc.images.builder import default_tag, ensure_image
 
 log = logging.getLogger(__name__)
 

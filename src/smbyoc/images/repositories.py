@@ -15,8 +15,8 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
-from smbyoc.build.variants import AptRepository
 from smbyoc.errors import BuildError
+from smbyoc.images.variants import AptRepository
 
 logger = logging.getLogger(__name__)
 
