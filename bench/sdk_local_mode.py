@@ -2,6 +2,8 @@
 
     python sdk_local_mode.py train IMAGE WORKDIR       -> JSON {"import_s", "fit_s"}
     python sdk_local_mode.py deploy IMAGE MODEL_TAR WORKDIR PORT BODY -> JSON {"import_s", "deploy_s", "usable_s", ...}
+    python sdk_local_mode.py transform IMAGE MODEL_TAR WORKDIR INPUT_DIR OUTPUT_DIR CONTENT_TYPE SPLIT STRATEGY MB
+        -> JSON {"import_s", "transform_s"}   (Model.transformer(...).transform(..., wait=True))
 
 Offline set-up, all legitimate SDK options: fake credentials and AWS_DEFAULT_REGION in the environment (set by
 the caller), `LocalSession` with a local `boto3.Session`, `file://` input/output/model URIs, an explicit role ARN,
@@ -96,7 +98,23 @@ def deploy(image, model_tar, workdir, port, body):
     }
 
 
+def transform(image, model_tar, workdir, input_dir, output_dir, content_type, split_type, strategy, max_payload):
+    model = Model(image_uri=image, model_data=f"file://{model_tar}", role=ROLE, sagemaker_session=session(workdir))
+    transformer = model.transformer(
+        instance_count=1, instance_type="local", strategy=strategy, assemble_with="Line",
+        output_path=f"file://{output_dir}", accept=content_type, max_payload=int(max_payload),
+    )
+    t0 = time.monotonic()
+    try:
+        transformer.transform(f"file://{input_dir}", content_type=content_type, split_type=split_type, wait=True,
+                              logs=False)
+    finally:
+        model.delete_model()
+    return {"import_s": import_s, "transform_s": time.monotonic() - t0}
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
-    result = train(*rest) if command == "train" else deploy(*rest)
+    actions = {"train": train, "deploy": deploy, "transform": transform}
+    result = actions[command](*rest)
     print("RESULT " + json.dumps(result), flush=True)

@@ -154,6 +154,19 @@ def parse_port_range(value: str) -> tuple[int, int] | None:
     return (low, high)
 
 
+#: BatchStrategy as CreateTransformJob spells it, and as the container contract does (contract.md §4).
+BATCH_STRATEGY_SPELLINGS = {"MultiRecord": "MULTI_RECORD", "SingleRecord": "SINGLE_RECORD"}
+
+
+def parse_batch_strategy(value: str) -> str:
+    """``MULTI_RECORD``/``SINGLE_RECORD`` from either spelling (``MultiRecord``, ``multi_record``...)."""
+    key = value.strip().replace("_", "").replace("-", "").lower()
+    for api, container in BATCH_STRATEGY_SPELLINGS.items():
+        if key == api.lower():
+            return container
+    raise _ParseError("expected MULTI_RECORD or SINGLE_RECORD (or MultiRecord / SingleRecord)")
+
+
 def choice_parser(*choices: str, case_sensitive: bool = False) -> Callable[[str], str]:
     def parse(value: str) -> str:
         candidate = value.strip()
@@ -268,11 +281,13 @@ SAGEMAKER_MODEL_SERVER_WORKERS = _declare(EnvVar[int | None](
 SAGEMAKER_MODEL_SERVER_TIMEOUT = _declare(EnvVar(
     "SAGEMAKER_MODEL_SERVER_TIMEOUT", int_parser(1), 60,
     "Seconds a request may take before the worker is stopped (nginx and gunicorn).",
-    "serving", "sdk", type_name="seconds"))
+    "serving", "sdk", type_name="seconds",
+    default_text="60; 600 with SAGEMAKER_BATCH=true (InvocationsTimeoutInSeconds' default)"))
 SAGEMAKER_MAX_PAYLOAD_IN_MB = _declare(EnvVar(
-    "SAGEMAKER_MAX_PAYLOAD_IN_MB", int_parser(1, 100), 6,
-    "Largest request body accepted, in MiB; larger gets 413 from nginx.", "serving", "platform",
-    type_name="MiB"))
+    "SAGEMAKER_MAX_PAYLOAD_IN_MB", int_parser(0, 100), 6,
+    "Largest request body accepted, in MiB (larger gets 413 from nginx); 0: no limit (batch transform's "
+    "chunked bodies). Reported as MaxPayloadInMB by `/execution-parameters`.", "serving", "platform",
+    type_name="MiB", default_text="6; with SAGEMAKER_BATCH=true SMBYOC_BATCH_MAX_BODY_IN_MB"))
 SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT = _declare(EnvVar(
     "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", parse_str, "application/json",
     "Response content type used when a request has no Accept header or `*/*`.", "serving", "user"))
@@ -284,13 +299,22 @@ SAGEMAKER_BATCH = _declare(EnvVar(
     "Set to true by SageMaker for batch transform containers.", "serving", "platform",
     type_name="boolean"))
 SAGEMAKER_BATCH_STRATEGY = _declare(EnvVar[str | None](
-    "SAGEMAKER_BATCH_STRATEGY", choice_parser("SINGLE_RECORD", "MULTI_RECORD"), None,
+    "SAGEMAKER_BATCH_STRATEGY", parse_batch_strategy, None,
     "Batch transform strategy chosen in CreateTransformJob; reported by `/execution-parameters`.",
     "serving", "platform", type_name="SINGLE_RECORD|MULTI_RECORD"))
 SAGEMAKER_MAX_CONCURRENT_TRANSFORMS = _declare(EnvVar[int | None](
     "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", optional_int_parser(1), None,
     "Parallel requests in a batch transform; reported by `/execution-parameters`.",
     "serving", "platform", type_name="integer"))
+SMBYOC_BATCH_MAX_BODY_IN_MB = _declare(EnvVar(
+    "SMBYOC_BATCH_MAX_BODY_IN_MB", int_parser(0, 102400), 100,
+    "Largest request body with SAGEMAKER_BATCH=true when SAGEMAKER_MAX_PAYLOAD_IN_MB is unset, in MiB "
+    "(CreateTransformJob allows up to 100); 0: no limit.", "serving", "user", type_name="MiB"))
+SMBYOC_BATCH_RECORDS = _declare(EnvVar(
+    "SMBYOC_BATCH_RECORDS", parse_bool, False,
+    "Hand the handler a MultiRecord mini-batch as a list of records (CSV lines, JSON Lines, RecordIO "
+    "records) and join its one output record per input record (as `batch_records = True` in the "
+    "handler module; docs/serving.md).", "serving", "user", type_name="boolean"))
 SAGEMAKER_USE_NGINX = _declare(EnvVar(
     "SAGEMAKER_USE_NGINX", parse_bool, True,
     "When false, gunicorn binds the port itself with no nginx in front (as `serve --no-nginx`).",
@@ -327,7 +351,7 @@ SMBYOC_MAX_DECODED_PAYLOAD_IN_MB = _declare(EnvVar[int | None](
     "SMBYOC_MAX_DECODED_PAYLOAD_IN_MB", optional_int_parser(1, 102400), None,
     "Largest decoded size of an `application/x-npy` / `application/x-npz` request, in MiB: declared NPY "
     "shapes and zip member sizes are checked before anything is allocated; larger gets 413.",
-    "serving", "user", type_name="MiB", default_text="4 x SAGEMAKER_MAX_PAYLOAD_IN_MB"))
+    "serving", "user", type_name="MiB", default_text="4 x the request body limit (none when it has none)"))
 SMBYOC_SERVE_HOST = _declare(EnvVar(
     "SMBYOC_SERVE_HOST", parse_str, "0.0.0.0",
     "Address `serve` listens on (SageMaker needs all interfaces; tests use 127.0.0.1).",

@@ -80,6 +80,10 @@ class BuildError(SmbyocError):
     """An image could not be built (missing base image, packages, or platform support)."""
 
 
+class TransformError(SmbyocError):
+    """A batch transform job's data could not be split, filtered, joined or assembled."""
+
+
 class JobFailedError(SmbyocError):
     """An emulated job ended in ``Failed`` or ``Stopped``; carries the failure reason."""
 

@@ -255,6 +255,21 @@ def test_csv_in_and_out_with_a_reordered_header_and_extra_column(inference: Modu
     assert predict(inference, model_dir, "1,0,0\n\n0,0,1\n", "text/csv", "text/csv")[0].count("\n") == 2
 
 
+def test_json_lines_in_and_out_one_line_per_row(inference: ModuleType, model_dir: Path) -> None:
+    body = '[1, 0, 0]\n[0, 0, 1]\n\n[0, 1, 0]\n'
+    keyed = '{"a": 1, "b": 0, "c": 0}\n{"c": 1, "b": 0, "a": 0}\n{"b": 1, "a": 0, "c": 0}\n'
+    assert predict(inference, model_dir, keyed, "application/jsonlines", "application/jsonlines")[0] == predict(
+        inference, model_dir, body, "application/jsonlines", "application/jsonlines")[0]
+    for content_type in ("application/jsonlines", "application/x-jsonlines", "application/jsonl"):
+        out, out_type = predict(inference, model_dir, body, content_type, "application/jsonlines")
+        assert out_type == "application/jsonlines"
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert len(rows) == 3 and out.endswith("\n")
+        csv_out, _ = predict(inference, model_dir, "1,0,0\n0,0,1\n0,1,0\n", "text/csv", "text/csv")
+        assert [r["label"] for r in rows] == [line.split(",")[0] for line in csv_out.splitlines()]
+        assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, rel=1e-5)
+
+
 def test_accept_picks_the_first_supported_type(inference: ModuleType, model_dir: Path) -> None:
     assert predict(inference, model_dir, "1,0,0", "text/csv", "image/png, text/csv")[1] == "text/csv"
     assert predict(inference, model_dir, "1,0,0", "text/csv", "*/*")[1] == "application/json"
@@ -277,6 +292,9 @@ def test_accept_picks_the_first_supported_type(inference: ModuleType, model_dir:
         ("1,2," + "9" * 200_000, "text/csv", None, 400, "not valid CSV: field larger than field limit"),
         ("[[" + "9" * 400 + ", 1, 2]]", "application/json", None, 400, "row 0 column 0: expected a number, got 99"),
         ("[[1e300, 1, 2]]", "application/json", None, 400, "1e+300 is out of the model's float32 range"),
+        ("[1, 0, 0]\n{oops\n", "application/jsonlines", None, 400, "line 2 is not valid JSON"),
+        ("[1, 0, 0]\n7\n", "application/jsonlines", None, 400, "line 2 is not a list of values or an object"),
+        ("\n\n", "application/jsonlines", None, 400, "JSON Lines body has no rows"),
     ],
 )
 def test_bad_requests_carry_a_status(

@@ -20,7 +20,7 @@ from smbyoc.serving.supervisor import prepare
 
 def test_env_defaults_and_values(tmp_path: Path) -> None:
     env = ServingEnv.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
-    assert (env.port, env.timeout, env.max_payload_bytes, env.default_accept) == (8080, 60, 6291456, "application/json")
+    assert (env.port, env.timeout, env.max_body_bytes, env.default_accept) == (8080, 60, 6291456, "application/json")
     assert env.model_dir == tmp_path / "model" and env.submit_dir == tmp_path / "model" / "code"
     assert env.module_name == "inference" and env.use_nginx and env.workers >= 1
     env = ServingEnv.from_env({

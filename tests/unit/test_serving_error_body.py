@@ -54,7 +54,7 @@ def test_worker_refusals_use_it() -> None:
 
 
 def test_nginx_answers_use_it(tmp_path: Path) -> None:
-    env = ServingEnv(max_payload_mb=3, timeout=17)
+    env = ServingEnv(max_payload_mb=3, max_body_mb=3, timeout=17)
     conf = render_nginx_conf(env, tmp_path, tmp_path / "g.sock")
     answers = dict(re.findall(r"return (4\d\d|5\d\d) '(.*)';", conf))
     assert set(answers) == {"404", "413", "503", "504"}

@@ -37,7 +37,8 @@ def _when(started: object) -> str:
 
 
 @click.command("ps")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: TrainingJobs, Endpoints, DockerResources.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: TrainingJobs, Endpoints, TransformJobs, DockerResources.")
 @click.option("--docker/--no-docker", default=True,
               help="Also list smbyoc's containers and networks (when a Docker Engine answers).")
 @library_errors
@@ -59,6 +60,7 @@ def ps(as_json: bool, docker: bool) -> None:
         click.echo(json.dumps({
             "TrainingJobs": [r.describe() for r in records if r.kind == jobs.TRAINING],
             "Endpoints": [r.describe() for r in records if r.kind == jobs.ENDPOINT],
+            "TransformJobs": [r.describe() for r in records if r.kind == jobs.TRANSFORM],
             "DockerResources": resources,
         }, indent=2))
         return

@@ -69,6 +69,8 @@ class EndpointSpec:
     startup_health_timeout: float = DEFAULT_STARTUP_HEALTH_TIMEOUT
     instance_type: str = "local"
     stop_timeout: float = ENDPOINT_STOP_TIMEOUT
+    #: Start of the temporary tree's, the record's and the container's names (a transform job: its host).
+    name_prefix: str = "smbyoc-endpoint"
 
     @property
     def url(self) -> str:
@@ -113,7 +115,7 @@ class Endpoint:
     def __init__(self, spec: EndpointSpec, sink: LineSink | None = _print_line) -> None:
         self.spec = spec.validate()
         self.tail = _Tail(sink)
-        self.root = Path(tempfile.mkdtemp(prefix="smbyoc-endpoint-"))
+        self.root = Path(tempfile.mkdtemp(prefix=f"{self.spec.name_prefix}-"))
         # Recorded so that `smbyoc ps` lists it and a sweep removes what a killed owner leaves.
         self.token = owners.new_token()
         jobs.register(jobs.ENDPOINT, self.root.name, mode=self.kind, tree=str(self.root), url=self.spec.url,
@@ -294,7 +296,7 @@ class DockerEndpoint(Endpoint):
 
     def container_args(self) -> dict[str, Any]:
         instance = lookup(self.spec.instance_type)
-        name = f"smbyoc-endpoint-{containers.unique_suffix()}"
+        name = f"{self.spec.name_prefix}-{containers.unique_suffix()}"
         args: dict[str, Any] = {
             "image": self.image,
             "command": ["serve"],

@@ -29,7 +29,8 @@ from smbyoc.errors import ConfigError
 
 TRAINING = "training"
 ENDPOINT = "endpoint"
-_FOLDERS = {TRAINING: "jobs", ENDPOINT: "endpoints"}
+TRANSFORM = "transform"
+_FOLDERS = {TRAINING: "jobs", ENDPOINT: "endpoints", TRANSFORM: "transforms"}
 
 
 def state_dir() -> Path:

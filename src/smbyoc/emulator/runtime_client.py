@@ -12,7 +12,7 @@ from __future__ import annotations
 import http.client
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from smbyoc.errors import SmbyocError
@@ -54,8 +54,9 @@ def _split(url: str) -> tuple[str, int, str]:
     return parsed.hostname, parsed.port or 80, parsed.path.rstrip("/")
 
 
-def request(url: str, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
-            timeout: float = INVOCATION_TIMEOUT) -> InvocationResponse:
+def request(url: str, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
+            headers: Mapping[str, str] | None = None, timeout: float = INVOCATION_TIMEOUT) -> InvocationResponse:
+    """One request; an iterable ``body`` with no Content-Length header is sent with chunked encoding."""
     host, port, prefix = _split(url)
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     start = time.monotonic()
@@ -92,15 +93,18 @@ def invoke(
     inference_id: str | None = None,
     enforce_limits: bool = True,
     timeout: float = INVOCATION_TIMEOUT,
+    chunked: bool = False,
 ) -> InvocationResponse:
-    """``POST /invocations`` the way InvokeEndpoint does; raises InvokeError where SageMaker would fail."""
+    """``POST /invocations`` the way InvokeEndpoint does; raises InvokeError where SageMaker would fail.
+
+    ``chunked``: send the body with chunked transfer encoding (batch transform's ``MaxPayloadInMB=0``)."""
     if enforce_limits and len(body) > MAX_BODY_BYTES:
         raise InvokeError("ValidationError", f"request body has {len(body):,} bytes; the limit is "
                           f"{MAX_BODY_BYTES:,} (6 MB)")
     if custom_attributes is not None and (len(custom_attributes) > 1024 or not custom_attributes.isascii()):
         raise InvokeError("ValidationError", "X-Amzn-SageMaker-Custom-Attributes must be at most 1024 "
                           "visible US-ASCII characters")
-    headers = {"Content-Length": str(len(body))}
+    headers = {} if chunked else {"Content-Length": str(len(body))}
     for name, value in (("Content-Type", content_type), ("Accept", accept),
                         ("X-Amzn-SageMaker-Custom-Attributes", custom_attributes),
                         ("X-Amzn-SageMaker-Target-Model", target_model),
@@ -108,7 +112,7 @@ def invoke(
         if value is not None:
             headers[name] = value
     try:
-        response = request(url, "POST", "/invocations", body, headers, timeout=timeout)
+        response = request(url, "POST", "/invocations", iter([body]) if chunked else body, headers, timeout=timeout)
     except TimeoutError as e:
         raise InvokeError("ModelError", f"the model did not answer within {timeout:g} s", status=424,
                           original_status=None) from e

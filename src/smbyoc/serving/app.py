@@ -11,19 +11,19 @@ import logging
 from typing import Any
 
 from flask import Flask, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from smbyoc.serving import codecs
 from smbyoc.serving.env import ServingEnv
 from smbyoc.serving.errors import ModelError, NotReady
+from smbyoc.serving.execution_parameters import ExecutionParametersError, execution_parameters
 from smbyoc.serving.model_holder import DEFAULT_MODEL, ModelHolder, ModelState
 from smbyoc.serving.responses import (
     JSON_TYPE,
     Ping,
     error_json,
     error_response,
-    execution_parameters,
     invoke,
     json_response,
 )
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 def create_app(env: ServingEnv, holder: ModelHolder) -> Flask:
     codecs.configure(allow_pickle=env.npy_allow_pickle, max_decoded_mb=env.max_decoded_payload_mb)
     app = Flask("smbyoc.serving")
-    app.config["MAX_CONTENT_LENGTH"] = env.max_payload_bytes  # when gunicorn is reached directly
+    app.config["MAX_CONTENT_LENGTH"] = env.max_body_bytes or None  # when gunicorn is reached directly
 
     def ready_entry() -> Any:
         entry = holder.get(DEFAULT_MODEL)
@@ -72,12 +72,21 @@ def create_app(env: ServingEnv, holder: ModelHolder) -> Flask:
         except Exception as e:
             logger.exception("/execution-parameters: execution_parameters_fn raised")
             raise ModelError(f"execution_parameters_fn: {type(e).__name__}: {e}") from e
-        return json_response(execution_parameters(env, handler_values), 200)
+        try:
+            answer = execution_parameters(env, handler_values)
+        except ExecutionParametersError as e:
+            logger.error("/execution-parameters: execution_parameters_fn answered %r: %s", handler_values, e)
+            raise ModelError(f"execution_parameters_fn: {e}") from e
+        return json_response(answer, 200)
 
     def unexpected(error: Exception) -> Response:
         logger.exception("unexpected error")
         return error_json(500, f"{type(error).__name__}: {error}")
 
+    def too_large(error: RequestEntityTooLarge) -> Response:  # the words of nginx's own 413 page
+        return error_json(413, f"request body exceeds {env.max_body_text}")
+
+    app.register_error_handler(RequestEntityTooLarge, too_large)
     app.register_error_handler(HTTPException, error_response)
     app.register_error_handler(Exception, unexpected)
     return app

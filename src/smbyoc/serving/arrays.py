@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,8 @@ class DecodeLimits:
 
     @property
     def max_decoded_bytes(self) -> int:
-        return self.max_decoded_mb * MIB
+        """The limit in bytes; 0 MiB means none (a body without a size limit, docs/serving.md)."""
+        return self.max_decoded_mb * MIB if self.max_decoded_mb else sys.maxsize
 
 
 LIMITS = DecodeLimits()

@@ -14,6 +14,18 @@ from smbyoc.paths import Paths
 
 DEFAULT_PROGRAM = "inference.py"
 MIB = 1024 * 1024
+#: SAGEMAKER_MODEL_SERVER_TIMEOUT's default under SAGEMAKER_BATCH: InvocationsTimeoutInSeconds' default
+#: (CreateTransformJob ModelClientConfig, contract.md §4).
+BATCH_TIMEOUT = 600
+
+
+def body_limit(environ: Mapping[str, str]) -> tuple[int, str]:
+    """The largest request body in MiB (0: no limit) and the variable that set it (docs/serving.md):
+    ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` when set; else, with ``SAGEMAKER_BATCH``, ``SMBYOC_BATCH_MAX_BODY_IN_MB``
+    (a transform job's payloads may reach 100 MB, or any size when MaxPayloadInMB is 0); else 6."""
+    if ev.SAGEMAKER_MAX_PAYLOAD_IN_MB.is_set(environ) or not ev.SAGEMAKER_BATCH.get(environ):
+        return ev.SAGEMAKER_MAX_PAYLOAD_IN_MB.get(environ), ev.SAGEMAKER_MAX_PAYLOAD_IN_MB.name
+    return ev.SMBYOC_BATCH_MAX_BODY_IN_MB.get(environ), ev.SMBYOC_BATCH_MAX_BODY_IN_MB.name
 
 
 def cpu_count() -> int:
@@ -34,6 +46,10 @@ class ServingEnv:
     workers: int = 1
     timeout: int = 60
     max_payload_mb: int = 6
+    max_payload_set: bool = False
+    max_body_mb: int = 6
+    max_body_source: str = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+    timeout_from_env: bool = True
     default_accept: str = "application/json"
     program: str = DEFAULT_PROGRAM
     submit_dir: Path = Path("/opt/ml/model/code")
@@ -43,6 +59,7 @@ class ServingEnv:
     batch: bool = False
     batch_strategy: str | None = None
     max_concurrent_transforms: int | None = None
+    batch_records: bool = False
     use_nginx: bool = True
     log_level: int = 20
     worker_class: str = "auto"
@@ -63,22 +80,33 @@ class ServingEnv:
         multi_model = ev.SAGEMAKER_MULTI_MODEL.get(env)
         model_dir = paths.multi_model_dir if multi_model else paths.model_dir
         runtime_dir = ev.SMBYOC_SERVE_RUNTIME_DIR.get(env)
+        batch = ev.SAGEMAKER_BATCH.get(env)
+        max_body_mb, max_body_source = body_limit(env)
+        timeout = ev.SAGEMAKER_MODEL_SERVER_TIMEOUT.get(env)
+        timeout_from_env = not batch or ev.SAGEMAKER_MODEL_SERVER_TIMEOUT.is_set(env)
+        if not timeout_from_env:
+            timeout = BATCH_TIMEOUT
         return cls(
             port=ev.SAGEMAKER_BIND_TO_PORT.get(env),
             host=ev.SMBYOC_SERVE_HOST.get(env),
             safe_port_range=ev.SAGEMAKER_SAFE_PORT_RANGE.get(env),
             workers=ev.SAGEMAKER_MODEL_SERVER_WORKERS.get(env) or cpu_count(),
-            timeout=ev.SAGEMAKER_MODEL_SERVER_TIMEOUT.get(env),
+            timeout=timeout,
             max_payload_mb=ev.SAGEMAKER_MAX_PAYLOAD_IN_MB.get(env),
+            max_payload_set=ev.SAGEMAKER_MAX_PAYLOAD_IN_MB.is_set(env),
+            max_body_mb=max_body_mb,
+            max_body_source=max_body_source,
+            timeout_from_env=timeout_from_env,
             default_accept=ev.SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT.get(env).strip(),
             program=ev.SAGEMAKER_PROGRAM.get(env) or DEFAULT_PROGRAM,
             submit_dir=resolve_submit_dir(ev.SAGEMAKER_SUBMIT_DIRECTORY.get(env), paths.model_code_dir),
             model_dir=model_dir,
             base_dir=paths.base_dir,
             multi_model=multi_model,
-            batch=ev.SAGEMAKER_BATCH.get(env),
+            batch=batch,
             batch_strategy=ev.SAGEMAKER_BATCH_STRATEGY.get(env),
             max_concurrent_transforms=ev.SAGEMAKER_MAX_CONCURRENT_TRANSFORMS.get(env),
+            batch_records=ev.SMBYOC_BATCH_RECORDS.get(env),
             use_nginx=ev.SAGEMAKER_USE_NGINX.get(env),
             log_level=ev.SAGEMAKER_CONTAINER_LOG_LEVEL.get(env),
             worker_class=ev.SMBYOC_GUNICORN_WORKER_CLASS.get(env),
@@ -92,13 +120,28 @@ class ServingEnv:
         )
 
     @property
-    def max_payload_bytes(self) -> int:
-        return self.max_payload_mb * MIB
+    def max_body_bytes(self) -> int:
+        """The largest request body nginx, the worker and the app accept; 0: no limit."""
+        return self.max_body_mb * MIB
+
+    @property
+    def max_body_text(self) -> str:
+        """The body limit and the variable that set it, for error messages."""
+        if not self.max_body_mb:
+            return f"{self.max_body_source}=0 (no limit)"
+        return f"{self.max_body_source}={self.max_body_mb} ({self.max_body_bytes} bytes)"
+
+    @property
+    def timeout_text(self) -> str:
+        if self.timeout_from_env:
+            return f"SAGEMAKER_MODEL_SERVER_TIMEOUT={self.timeout} s"
+        return f"{self.timeout} s (SAGEMAKER_BATCH's default; SAGEMAKER_MODEL_SERVER_TIMEOUT is unset)"
 
     @property
     def max_decoded_payload_mb(self) -> int:
-        """``SMBYOC_MAX_DECODED_PAYLOAD_IN_MB``, by default 4 x ``SAGEMAKER_MAX_PAYLOAD_IN_MB``."""
-        return self.max_decoded_mb if self.max_decoded_mb is not None else 4 * self.max_payload_mb
+        """``SMBYOC_MAX_DECODED_PAYLOAD_IN_MB``, by default 4 x the body limit; 0 (no limit) when the body
+        has none either."""
+        return self.max_decoded_mb if self.max_decoded_mb is not None else 4 * self.max_body_mb
 
     @property
     def module_name(self) -> str:

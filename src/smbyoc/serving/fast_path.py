@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from werkzeug.datastructures import EnvironHeaders
@@ -23,7 +24,7 @@ def fast_path(env: ServingEnv, holder: ModelHolder, app: Any) -> Any:
     about a third of a worker's time per request (docs/serving.md, bench/README.md). ``/ping`` is always
     answered here, so readiness never waits for Flask (which ``serve`` imports after the model loaded)."""
     codecs.configure(allow_pickle=env.npy_allow_pickle, max_decoded_mb=env.max_decoded_payload_mb)
-    limit = env.max_payload_bytes
+    limit = env.max_body_bytes or sys.maxsize
     multi_model = env.multi_model
     pinger = Ping(env, holder)
 

@@ -5,8 +5,9 @@ The module named by ``SAGEMAKER_PROGRAM`` (default ``inference.py``) is looked u
 ``sys.path`` (as sagemaker-inference does via ``PYTHONPATH``). It may define ``model_fn``, ``input_fn``,
 ``predict_fn``, ``output_fn`` or ``transform_fn`` (not both styles), and the hooks ``pre_model_fn``,
 ``model_warmup_fn`` and (smbyoc) ``execution_parameters_fn``; each may take one extra trailing
-``context``. Everything about the functions (which one, whether it takes ``context``) is worked out
-once at load time, never per request.
+``context``. ``batch_records = True`` in the module (or ``SMBYOC_BATCH_RECORDS``) turns on batch
+records mode (:mod:`smbyoc.serving.records`). Everything about the functions (which one, whether it takes
+``context``) is worked out once at load time, never per request.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from types import ModuleType
 from typing import Any
 
 from smbyoc.errors import UserCodeError
-from smbyoc.serving import codecs
+from smbyoc.serving import codecs, records
 from smbyoc.serving.context import Context
 from smbyoc.serving.default_handlers import load_default_model
 from smbyoc.serving.env import ServingEnv, cpu_count
+from smbyoc.serving.errors import BadRequest
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,7 @@ class Handler:
         self._output: Bound | None = None
         self._execution_parameters: Bound | None = None
         self.default_output = True
+        self.batch_records = env.batch_records
 
     # ------------------------------------------------------------------------------------- loading
     def load(self) -> None:
@@ -164,6 +167,7 @@ class Handler:
         if "execution_parameters_fn" in funcs:
             self._execution_parameters = Bound.of(funcs["execution_parameters_fn"], 0)
         self.default_output = self._transform is None and self._output is None
+        self.batch_records = self.env.batch_records or bool(getattr(module, "batch_records", False))
 
     def execution_parameters(self) -> dict[str, Any]:
         if self._execution_parameters is None:
@@ -173,32 +177,32 @@ class Handler:
 
     # ------------------------------------------------------------------------------------- requests
     def invoke(self, body: bytes, content_type_header: str | None, headers: Mapping[str, str]) -> HandlerResult:
-        """Run one request through transform_fn or input_fn → predict_fn → output_fn."""
+        """Run one request through transform_fn or input_fn → predict_fn → output_fn; with batch records
+        on and a framed Content-Type, the request's records go in as a list and one record per input
+        record must come out (:mod:`smbyoc.serving.records`)."""
         content_type, params = codecs.media_type(content_type_header)
         accept = headers.get("Accept")
         if not accept or accept.strip() == codecs.ANY:
             accept = self.env.default_accept
         chosen = codecs.negotiate(accept, self.env.default_accept) if self.default_output else None
         context = Context(self.name, str(self.model_dir), headers)
-        data: Any = body
-        if content_type in codecs.TEXT_TYPES:
-            data = codecs.decode_text(body, content_type, params.get("charset"))
-        if self._transform is not None:
-            result = self._transform(context, self.model, data, content_type, accept)
+        request_kind = records.framing(content_type) if self.batch_records else None
+        count = 0
+        if request_kind is None:
+            data: Any = body
+            if content_type in codecs.TEXT_TYPES:
+                data = codecs.decode_text(body, content_type, params.get("charset"))
+            result = self._run(context, data, content_type, accept, chosen, codecs.decode, codecs.encode)
         else:
-            if self._input is not None:
-                decoded = self._input(context, data, content_type)
-            else:
-                decoded = codecs.decode(data, content_type)
-            if self._predict is not None:
-                prediction = self._predict(context, decoded, self.model)
-            else:
-                prediction = self._default_predict(decoded)
-            if self._output is not None:
-                result = self._output(context, prediction, accept)
-            else:
-                assert chosen is not None
-                result = (codecs.encode(prediction, chosen), chosen)
+            items = records.split_body(body, content_type, params.get("charset"), request_kind)
+            count = len(items)
+            if not count:
+                raise BadRequest("the mini-batch holds no records (an empty body)")
+
+            def encode(prediction: Any, kind: str) -> list[bytes]:
+                return records.encode_default(prediction, kind, count)
+
+            result = self._run(context, items, content_type, accept, chosen, records.decode_default, encode)
         response_headers = dict(context.get_response_headers())
         status = context.request_processor[0].status_code or 200
         if isinstance(result, tuple) and len(result) == 2:
@@ -207,7 +211,26 @@ class Handler:
             payload, response_type = result, None
         response_type = response_type or response_headers.pop("Content-Type", None) or _first_type(accept)
         response_headers.pop("Content-Type", None)
-        return HandlerResult(_to_bytes(payload), str(response_type), response_headers, status)
+        if request_kind is None:
+            return HandlerResult(_to_bytes(payload), str(response_type), response_headers, status)
+        answer = records.output_records(payload, count, str(response_type), request_kind)
+        return HandlerResult(answer, str(response_type), response_headers, status)
+
+    def _run(
+        self, context: Context, data: Any, content_type: str, accept: str, chosen: str | None,
+        decode: Callable[[Any, str], Any], encode: Callable[[Any, str], Any],
+    ) -> Any:
+        if self._transform is not None:
+            return self._transform(context, self.model, data, content_type, accept)
+        decoded = self._input(context, data, content_type) if self._input is not None else decode(data, content_type)
+        if self._predict is not None:
+            prediction = self._predict(context, decoded, self.model)
+        else:
+            prediction = self._default_predict(decoded)
+        if self._output is not None:
+            return self._output(context, prediction, accept)
+        assert chosen is not None
+        return (encode(prediction, chosen), chosen)
 
     def _default_predict(self, data: Any) -> Any:
         predict = getattr(self.model, "predict", None)

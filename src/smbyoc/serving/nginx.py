@@ -61,11 +61,11 @@ def nginx_error_bodies(env: ServingEnv) -> dict[str, str]:
     """The bodies of the errors nginx answers itself, from the same function as every other error body."""
     bodies = {
         404: "no such route; routes are GET /ping, POST /invocations, GET /execution-parameters",
-        413: f"request body exceeds SAGEMAKER_MAX_PAYLOAD_IN_MB={env.max_payload_mb} ({env.max_payload_bytes} bytes)",
+        413: f"request body exceeds {env.max_body_text}",
         # nginx's 502 (the upstream closed without a complete answer) is sent as this 503
         503: "the model server answered nothing complete: the worker handling this request exited (or no worker "
              "is accepting connections), or its response failed midway (the serve log says which); retry the request",
-        504: f"the model server did not answer within SAGEMAKER_MODEL_SERVER_TIMEOUT={env.timeout} s",
+        504: f"the model server did not answer within {env.timeout_text}",
     }
     return {f"body_{status}": nginx_quoted(error_body(status, message)) for status, message in bodies.items()}
 
@@ -104,8 +104,7 @@ def render_nginx_conf(
                                if env.protocol == "http" else "# uwsgi: one connection per request"),
         "pass_to_model_server": "\n            ".join(_PASS[env.protocol]),
         "listen": listen_address(env.host, env.port),
-        "max_body_bytes": str(env.max_payload_bytes),
-        "max_payload_mb": str(env.max_payload_mb),
+        "max_body_bytes": str(env.max_body_bytes),  # 0: nginx checks no size (chunked bodies of any size)
         "timeout": str(env.timeout),
         **nginx_error_bodies(env),
     }

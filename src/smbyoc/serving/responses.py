@@ -50,21 +50,6 @@ def status_code(exc: Exception) -> int:
     return code if isinstance(code, int) and 400 <= code <= 599 else 500
 
 
-def execution_parameters(env: ServingEnv, handler_values: dict[str, Any]) -> dict[str, Any]:
-    """contract.md §4: environment values (set by CreateTransformJob) win over the handler's, then defaults."""
-    values: dict[str, Any] = {
-        "MaxConcurrentTransforms": env.workers,
-        "BatchStrategy": "MULTI_RECORD",
-        "MaxPayloadInMB": env.max_payload_mb,
-    }
-    values.update({k: v for k, v in handler_values.items() if v is not None})
-    if env.max_concurrent_transforms is not None:
-        values["MaxConcurrentTransforms"] = env.max_concurrent_transforms
-    if env.batch_strategy is not None:
-        values["BatchStrategy"] = env.batch_strategy
-    return values
-
-
 def invoke(entry: Any, body: bytes, content_type: str | None, headers: Any) -> Any:
     """Run one invocation through the model's handler; user-code errors become ModelError (JSON, logged)."""
     try:

@@ -39,6 +39,7 @@ from urllib.parse import unquote_to_bytes
 from gunicorn.workers import base
 
 from smbyoc import environment_variables as ev
+from smbyoc.serving.env import body_limit
 from smbyoc.serving.error_body import error_body
 
 logger = logging.getLogger(__name__)
@@ -325,13 +326,15 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
     alive: bool
     nr: int
     _max_body: int
+    _max_body_source: str
 
     def run(self) -> None:
         from gunicorn import util  # its http_date, which serve's post_worker_init hook caches per second
 
         self._http_date = util.http_date
         server = ("localhost", str(ev.SAGEMAKER_BIND_TO_PORT.get(os.environ)))  # what clients connect to
-        self._max_body = ev.SAGEMAKER_MAX_PAYLOAD_IN_MB.get(os.environ) * 1024 * 1024  # nginx's limit, again
+        limit_mb, self._max_body_source = body_limit(os.environ)  # nginx's limit, again; 0: none
+        self._max_body = limit_mb * 1024 * 1024 or sys.maxsize
         self._base_environ = {
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
@@ -389,7 +392,7 @@ class UpstreamWorker(base.Worker):  # type: ignore[misc]
                 environ = parse_head(head, server)
                 length = int(environ.get("CONTENT_LENGTH") or 0)
                 if length > self._max_body:
-                    raise MalformedRequest(f"request body of {length} bytes exceeds SAGEMAKER_MAX_PAYLOAD_IN_MB "
+                    raise MalformedRequest(f"request body of {length} bytes exceeds {self._max_body_source} "
                                      f"({self._max_body} bytes)", 413)
                 body = read_body(client.recv_into, rest, length) if length else b""
             except MalformedRequest as e:

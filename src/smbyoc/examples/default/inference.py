@@ -9,11 +9,14 @@ Requests (``Content-Type``):
 * ``application/json``: ``{"instances": [[f1, ..., f8], ...]}``, ``{"instances": [{"temperature_c": ..}, ..]}``
   (records keyed by feature name), a bare list of rows, or one flat row;
 * ``text/csv``: one row of feature values per line; an optional first line naming the features (in any
-  order) is used to pick the columns.
+  order) is used to pick the columns;
+* ``application/jsonlines``: one row per line, a JSON list of values or an object keyed by feature name
+  (what batch transform sends with ``SplitType=Line``).
 
 Responses (``Accept``; default JSON): ``application/json``
-``{"predictions": [{"label": "normal", "probabilities": {"normal": 0.98, ...}}, ...]}``, or ``text/csv``
-with one line per row: the label, then one probability per class in ``class_names`` order.
+``{"predictions": [{"label": "normal", "probabilities": {"normal": 0.98, ...}}, ...]}``, ``text/csv``
+with one line per row: the label, then one probability per class in ``class_names`` order, or
+``application/jsonlines`` with one ``{"label": ..., "probabilities": {...}}`` object per row.
 
 Bad requests raise :class:`RequestError`, which carries ``status_code``, ``message`` and ``phrase`` like
 sagemaker-inference's ``BaseInferenceToolkitError`` (and is one, when that package is installed): both
@@ -36,6 +39,9 @@ import onnxruntime as ort
 
 JSON = "application/json"
 CSV = "text/csv"
+JSONLINES = "application/jsonlines"
+#: Other spellings of JSON Lines that clients send (the SageMaker SDK's serializer uses the first).
+JSONLINES_ALIASES = frozenset({JSONLINES, "application/x-jsonlines", "application/jsonl"})
 #: The model's input is float32: larger magnitudes would become infinities (and NaN probabilities).
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -146,6 +152,24 @@ def _batch_from_json(payload: object) -> Batch:
     return Batch(payload)
 
 
+def _batch_from_jsonlines(text: str) -> Batch:
+    rows: list[object] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            raise RequestError(400, f"JSON Lines body: line {n} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise RequestError(400, f"JSON Lines body: line {n} is nested too deeply") from None
+        if not isinstance(rows[-1], (list, dict)):
+            raise RequestError(400, f"JSON Lines body: line {n} is not a list of values or an object")
+    if not rows:
+        raise RequestError(400, "JSON Lines body has no rows")
+    return _batch_from_json(rows)
+
+
 def _batch_from_csv(text: str) -> Batch:
     try:
         lines: list[list[object]] = [
@@ -183,7 +207,9 @@ def input_fn(input_data: str | bytes, content_type: str) -> Batch:
         return _batch_from_json(payload)
     if media_type == CSV:
         return _batch_from_csv(_text(input_data))
-    raise RequestError(415, f"unsupported Content-Type {content_type!r} (use {JSON} or {CSV})")
+    if media_type in JSONLINES_ALIASES:
+        return _batch_from_jsonlines(_text(input_data))
+    raise RequestError(415, f"unsupported Content-Type {content_type!r} (use {JSON}, {CSV} or {JSONLINES})")
 
 
 def to_array(batch: Batch, feature_names: list[str]) -> np.ndarray[Any, Any]:
@@ -231,10 +257,17 @@ def output_fn(prediction: dict[str, Any], accept: str | None) -> tuple[str, str]
                 for label, row in zip(prediction["labels"], prediction["probabilities"], strict=True)
             ]
             return json.dumps({"predictions": predictions}), JSON
+        if media_type in JSONLINES_ALIASES:
+            lines = [
+                json.dumps({"label": label,
+                            "probabilities": dict(zip(prediction["class_names"], map(float, row), strict=True))})
+                for label, row in zip(prediction["labels"], prediction["probabilities"], strict=True)
+            ]
+            return "".join(line + "\n" for line in lines), JSONLINES
         if media_type in (CSV, "text/*"):
             out = io.StringIO()
             writer = csv.writer(out, lineterminator="\n")
             for label, row in zip(prediction["labels"], prediction["probabilities"], strict=True):
                 writer.writerow([label, *(f"{float(p):.6g}" for p in row)])
             return out.getvalue(), CSV
-    raise RequestError(406, f"unsupported Accept {accept!r} (use {JSON} or {CSV})")
+    raise RequestError(406, f"unsupported Accept {accept!r} (use {JSON}, {CSV} or {JSONLINES})")
