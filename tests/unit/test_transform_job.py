@@ -252,7 +252,7 @@ def test_status_line_shows_objects_records_rate_and_eta() -> None:
 
 
 def test_an_input_that_is_not_a_regular_file_is_one_line(tmp_path: Path) -> None:
-    (tmp_path / "in").mkdir()
+    (tmp_path / "in").mkdir(exist_ok=True)
     (tmp_path / "in" / "a.csv").write_text("1\n")
     (tmp_path / "in" / "gone.csv").symlink_to(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="gone.csv: not a regular file"):
