@@ -352,6 +352,16 @@ SMBYOC_MAX_DECODED_PAYLOAD_IN_MB = _declare(EnvVar[int | None](
     "Largest decoded size of an `application/x-npy` / `application/x-npz` request, in MiB: declared NPY "
     "shapes and zip member sizes are checked before anything is allocated; larger gets 413.",
     "serving", "user", type_name="MiB", default_text="4 x the request body limit (none when it has none)"))
+SMBYOC_MME_MEMORY_BUDGET_MB = _declare(EnvVar[int | None](
+    "SMBYOC_MME_MEMORY_BUDGET_MB", optional_int_parser(1, 16 * 1024 * 1024), None,
+    "Multi-model endpoints: the most memory `serve` (all its processes) may use, in MiB; a model load that "
+    "would go over it (checked before, with the model's size on disk, and after) answers 507, as SageMaker's "
+    "MME containers do when out of memory.", "serving", "user", type_name="MiB",
+    default_text="90 % of the cgroup memory limit, else of MemTotal"))
+SMBYOC_MME_MAX_MODELS = _declare(EnvVar(
+    "SMBYOC_MME_MAX_MODELS", int_parser(0, 1_000_000), 0,
+    "Multi-model endpoints: the most models loaded at once (each worker holds a copy of each); loading one "
+    "more answers 507. 0: no cap.", "serving", "user", type_name="integer"))
 SMBYOC_SERVE_HOST = _declare(EnvVar(
     "SMBYOC_SERVE_HOST", parse_str, "0.0.0.0",
     "Address `serve` listens on (SageMaker needs all interfaces; tests use 127.0.0.1).",

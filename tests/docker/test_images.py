@@ -32,7 +32,7 @@ def test_labels_entrypoint_and_no_opt_ml(docker_client: Any, default_images: dic
     config = image.attrs["Config"]
     labels = config["Labels"]
     assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
-    # no /models API yet: claiming MME support would make SageMaker accept the image and fail invocations
+    # the multi-models label only on request (smbyoc build --multi-model): the user declares MME support
     assert "com.amazonaws.sagemaker.capabilities.multi-models" not in labels
     assert config["Entrypoint"] == ["/opt/smbyoc/bin/entrypoint"]  # exec form, no tini
     assert config["Cmd"] == [kind]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from smbyoc.cli import library_errors
+from smbyoc.errors import ConfigError
 from smbyoc.images.variants import VARIANT_NAMES
 
 
@@ -25,11 +26,14 @@ from smbyoc.images.variants import VARIANT_NAMES
 @click.option("--requirements", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Extra Python requirements, resolved on this machine into the image's wheelhouse. "
                    "[default: <context>/requirements.txt when present]")
+@click.option("--multi-model", is_flag=True,
+              help="Serve images: add the label com.amazonaws.sagemaker.capabilities.multi-models=true, which "
+                   "SageMaker requires of a multi-model endpoint's image (the runtime serves the /models API).")
 @click.option("--no-cache", is_flag=True, help="Do not use the Docker layer cache.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result, not the build steps.")
 @library_errors
 def build(kind: str, variant: str, tag: str | None, code_dir: Path | None, base_image: str | None,
-          requirements: Path | None, no_cache: bool, quiet: bool) -> None:
+          requirements: Path | None, multi_model: bool, no_cache: bool, quiet: bool) -> None:
     """Build a SageMaker image: resolve Python packages on this machine into a wheelhouse, build
     through the Docker Engine (no network inside the build), print the image id and size.
 
@@ -37,11 +41,15 @@ def build(kind: str, variant: str, tag: str | None, code_dir: Path | None, base_
     Example:
       smbyoc build --kind serve --variant cpu --tag my-model:serve --context ./code
       smbyoc build --kind train --base-image smbyoc/base:bookworm   # air-gapped (scripts/build-base-image)
+      smbyoc build --kind serve --multi-model --tag my-model:mme    # for a multi-model endpoint
     """
-    from smbyoc.images.builder import build_image
+    from smbyoc.images.builder import MULTI_MODELS_LABEL, build_image
 
+    if multi_model and kind != "serve":
+        raise ConfigError("only for --kind serve (multi-model endpoints are for inference)", key="--multi-model")
     result = build_image(kind, variant, tag, code_dir=code_dir, base_image=base_image,
                          requirements=requirements, nocache=no_cache,
+                         labels={MULTI_MODELS_LABEL: "true"} if multi_model else None,
                          progress=None if quiet else (lambda line: click.echo(line, err=True)))
     click.echo(f"{result.tag} {result.image_id} {result.size_mb:.0f} MB")
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 
@@ -16,6 +16,11 @@ from smbyoc.cli import library_errors
 from smbyoc.cli.options import parse_pairs
 from smbyoc.emulator.endpoint import EndpointSpec
 from smbyoc.errors import ConfigError, ServingError
+
+if TYPE_CHECKING:
+    from smbyoc.emulator.hosted_endpoint import HostedEndpoint
+    from smbyoc.emulator.multi_container import MultiContainerEndpoint
+    from smbyoc.emulator.multi_model import MultiModelEndpoint
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -43,11 +48,36 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
               help="Write the endpoint URL to this file once /ping answers 200 (for scripts).")
 @click.option("--require-nginx", is_flag=True,
               help="Process mode: fail when nginx is not installed instead of serving through gunicorn alone.")
+@click.option("--multi-model", "multi_model", type=click.Path(path_type=Path), metavar="DIR",
+              help="Serve a multi-model endpoint: DIR holds the model .tar.gz files (the S3 prefix); each "
+                   "invocation names one with --target-model, loaded on first use, least recently used unloaded "
+                   "when the container runs out of memory.")
+@click.option("--invocation-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Multi-model: seconds an invocation waits for its model to load before ModelNotReadyException.")
+@click.option("--max-loaded-models", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Multi-model: the most models loaded at once, least recently used unloaded first (0: as many as "
+                   "the container's memory allows, SageMaker's only limit).")
+@click.option("--container", "container_texts", multiple=True, metavar="IMAGE[:MODEL]",
+              help="A multi-container endpoint (2-15 containers in order, one per option; MODEL a path with a '/' "
+                   "or a file:// URI), or the long form image=IMG,model=PATH,hostname=NAME,env=K=V. "
+                   "docs/multi-container.md.")
+@click.option("--inference-execution-mode", type=click.Choice(["Serial", "Direct"]), default="Serial",
+              show_default=True, help="Multi-container: chain the containers (Serial) or route each request to the "
+                                      "one named by X-Amzn-SageMaker-Target-Container-Hostname (Direct).")
+@click.option("--endpoint-config", type=click.Path(path_type=Path), metavar="FILE",
+              help="Serve an endpoint described like CreateModel + CreateEndpointConfig requests (JSON or YAML): "
+                   "production and shadow variants, data capture. docs/endpoint-config.md.")
+@click.option("--endpoint-name", metavar="NAME",
+              help="With --endpoint-config: the endpoint's name (default: the file's EndpointName, else its "
+                   "EndpointConfigName).")
+@click.option("--seed", type=int, help="With --endpoint-config: seed the traffic split and the sampling.")
 @library_errors
 def local_serve(
     mode: str, image: str | None, model_data: Path | None, port: int, bind_address: str,
     env_pairs: tuple[str, ...], startup_health_timeout: float, instance_type: str, user: str | None,
-    ready_file: Path | None, require_nginx: bool,
+    ready_file: Path | None, require_nginx: bool, multi_model: Path | None, invocation_timeout: float,
+    max_loaded_models: int, container_texts: tuple[str, ...], inference_execution_mode: str,
+    endpoint_config: Path | None, endpoint_name: str | None, seed: int | None,
 ) -> None:
     """Serve a model as a SageMaker endpoint until Ctrl-C (SIGTERM, then SIGKILL after 30 s).
 
@@ -57,6 +87,8 @@ def local_serve(
       smbyoc local-serve --image my-algo:latest --model-data model.tar.gz --port 8081
       smbyoc local-serve --mode process --model-data ./model
       smbyoc local-serve --mode process --require-nginx    # as in the image, or an error
+      smbyoc local-serve --multi-model ./models            # then: smbyoc invoke --target-model a.tar.gz ...
+      smbyoc local-serve --container smbyoc/preprocess:cpu:./prep --container my-algo:1:./model.tar.gz
     """
     from smbyoc.emulator.endpoint import DockerEndpoint, Endpoint, ProcessEndpoint
 
@@ -65,10 +97,32 @@ def local_serve(
                         startup_health_timeout=startup_health_timeout, instance_type=instance_type).validate()
     if model_data is not None and not model_data.exists():
         raise ConfigError("no such file or directory", key=f"--model-data {model_data}")
+    if endpoint_config is not None:
+        for given, option in ((model_data, "--model-data"), (image, "--image"), (multi_model, "--multi-model"),
+                              (container_texts or None, "--container")):
+            if given is not None:
+                raise ConfigError("the endpoint configuration file names the images and models", key=option)
+    elif endpoint_name is not None or seed is not None:
+        raise ConfigError("only with --endpoint-config", key="--endpoint-name" if endpoint_name else "--seed")
+    if multi_model is not None and model_data is not None:
+        raise ConfigError("a multi-model endpoint takes its models from --multi-model DIR", key="--model-data")
+    if container_texts:
+        for given, option in ((model_data, "--model-data"), (image, "--image"), (multi_model, "--multi-model")):
+            if given is not None:
+                raise ConfigError("a multi-container endpoint takes its images and models from --container",
+                                  key=option)
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    endpoint: Endpoint
+    endpoint: Endpoint | MultiModelEndpoint | MultiContainerEndpoint | HostedEndpoint
     try:
-        if mode == "process":
+        if endpoint_config is not None:
+            endpoint = _hosted_endpoint(mode, spec, endpoint_config, endpoint_name, seed, user, require_nginx)
+        elif container_texts:
+            endpoint = _multi_container_endpoint(mode, spec, container_texts, inference_execution_mode, user,
+                                                 require_nginx)
+        elif multi_model is not None:
+            endpoint = _multi_model_endpoint(mode, spec, multi_model, image, user, require_nginx,
+                                            invocation_timeout, max_loaded_models)
+        elif mode == "process":
             if image is not None or user is not None:
                 raise ConfigError("only for --mode docker", key="--image" if image else "--user")
             endpoint = ProcessEndpoint(spec, require_nginx=require_nginx)  # a missing nginx: said now
@@ -98,7 +152,11 @@ def local_serve(
             elif model_data is None:
                 raise ConfigError("give the model for IMAGE with --model-data", key="--model-data")
             endpoint = DockerEndpoint(spec, client, image, user=user)
-        click.echo(f"Starting endpoint ({mode} mode) for {spec.model_data}", err=True)
+        what = (f"{endpoint_config}" if endpoint_config is not None
+                else f"the models in {multi_model}" if multi_model is not None
+                else f"{len(container_texts)} containers ({inference_execution_mode})" if container_texts
+                else spec.model_data)
+        click.echo(f"Starting endpoint ({mode} mode) for {what}", err=True)
         try:
             seconds = endpoint.start()
         except KeyboardInterrupt:
@@ -129,6 +187,66 @@ def _with_model(spec: EndpointSpec, model: Path) -> EndpointSpec:
     return replace(spec, model_data=model)
 
 
+def _hosted_endpoint(mode: str, spec: EndpointSpec, path: Path, name: str | None, seed: int | None,
+                     user: str | None, require_nginx: bool) -> HostedEndpoint:
+    from dataclasses import replace as with_name
+
+    from smbyoc.emulator.endpoint_config import load_endpoint_config
+    from smbyoc.emulator.hosted_endpoint import HostedEndpoint, HostingOptions
+
+    definition = load_endpoint_config(path)
+    if name is not None:
+        definition = with_name(definition, endpoint_name=name)
+    options = HostingOptions(mode=mode, port=spec.port, bind_address=spec.bind_address, user=user,
+                             require_nginx=require_nginx, seed=seed, environment=tuple(spec.environment.items()))
+    if mode == "process":
+        if user is not None:
+            raise ConfigError("only for --mode docker", key="--user")
+        return HostedEndpoint(definition, options)
+    if require_nginx:
+        raise ConfigError("only for --mode process (images bring their own nginx)", key="--require-nginx")
+    from smbyoc.docker.client import get_client
+
+    return HostedEndpoint(definition, options, client=get_client())
+
+
+def _multi_container_endpoint(mode: str, spec: EndpointSpec, texts: tuple[str, ...], execution_mode: str,
+                              user: str | None, require_nginx: bool) -> MultiContainerEndpoint:
+    from smbyoc.emulator.multi_container import MultiContainerEndpoint, MultiContainerSpec, parse_container
+
+    members = MultiContainerSpec(
+        tuple(parse_container(text) for text in texts), execution_mode=execution_mode,
+        backend="docker" if mode == "docker" else "process", port=spec.port, bind_address=spec.bind_address,
+        environment=dict(spec.environment), startup_health_timeout=spec.startup_health_timeout,
+        instance_type=spec.instance_type)
+    if mode == "process":
+        if user is not None:
+            raise ConfigError("only for --mode docker", key="--user")
+        return MultiContainerEndpoint(members, require_nginx=require_nginx)
+    if require_nginx:
+        raise ConfigError("only for --mode process (images bring their own nginx)", key="--require-nginx")
+    from smbyoc.docker.client import get_client
+
+    return MultiContainerEndpoint(members, client=get_client(), user=user)
+
+
+def _multi_model_endpoint(mode: str, spec: EndpointSpec, models: Path, image: str | None, user: str | None,
+                          require_nginx: bool, invocation_timeout: float, max_loaded: int) -> MultiModelEndpoint:
+    from smbyoc.emulator.multi_model import MultiModelEndpoint, MultiModelSpec, default_multi_model_image
+
+    mme = MultiModelSpec(spec, models, invocation_timeout=invocation_timeout, max_loaded=max_loaded)
+    if mode == "process":
+        if image is not None or user is not None:
+            raise ConfigError("only for --mode docker", key="--image" if image else "--user")
+        return MultiModelEndpoint(mme, require_nginx=require_nginx)
+    if require_nginx:
+        raise ConfigError("only for --mode process (images bring their own nginx)", key="--require-nginx")
+    from smbyoc.docker.client import get_client
+
+    client = get_client()
+    return MultiModelEndpoint(mme, client=client, image=image or default_multi_model_image(client), user=user)
+
+
 @click.command("invoke")
 @click.argument("body", required=False)
 @click.option("-f", "--file", "body_file", type=click.File("rb"), help="Read the body from a file ('-': stdin).")
@@ -138,6 +256,8 @@ def _with_model(spec: EndpointSpec, model: Path) -> EndpointSpec:
 @click.option("--custom-attributes", help="X-Amzn-SageMaker-Custom-Attributes (≤1024 ASCII characters).")
 @click.option("--target-model", help="X-Amzn-SageMaker-Target-Model (multi-model endpoints).")
 @click.option("--inference-id", help="X-Amzn-SageMaker-Inference-Id.")
+@click.option("--target-container-hostname", metavar="HOSTNAME",
+              help="X-Amzn-SageMaker-Target-Container-Hostname (multi-container endpoints in Direct mode).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, help="Seconds the model may take.")
 @click.option("--no-limits", is_flag=True, help="Do not enforce SageMaker's 6 MB payload limits.")
 @click.option("-i", "--include", is_flag=True, help="Print the status, Content-Type and custom attributes.")
@@ -145,8 +265,8 @@ def _with_model(spec: EndpointSpec, model: Path) -> EndpointSpec:
 @library_errors
 def invoke(
     body: str | None, body_file: IO[bytes] | None, url: str, content_type: str, accept: str | None,
-    custom_attributes: str | None, target_model: str | None, inference_id: str | None, timeout: float,
-    no_limits: bool, include: bool, output: IO[bytes] | None,
+    custom_attributes: str | None, target_model: str | None, inference_id: str | None,
+    target_container_hostname: str | None, timeout: float, no_limits: bool, include: bool, output: IO[bytes] | None,
 ) -> None:
     """Call /invocations like InvokeEndpoint: 6 MB and 60 s limits, ModelError on a non-2xx answer.
 
@@ -155,6 +275,7 @@ def invoke(
       smbyoc invoke '[[5.1, 3.5, 1.4, 0.2]]'
       smbyoc invoke --content-type text/csv --accept text/csv '5.1,3.5,1.4,0.2'
       smbyoc invoke -f batch.npy --content-type application/x-npy -o out.json
+      smbyoc invoke --target-model models/a.tar.gz '[[5.1, 3.5, 1.4, 0.2]]'   # a multi-model endpoint
     """
     from smbyoc.emulator.runtime_client import InvokeError
     from smbyoc.emulator.runtime_client import invoke as call
@@ -171,7 +292,8 @@ def invoke(
         raise ConfigError("give a body as an argument, with --file, or on standard input", key="BODY")
     try:
         response = call(url, data, content_type=content_type, accept=accept, custom_attributes=custom_attributes,
-                        target_model=target_model, inference_id=inference_id, enforce_limits=not no_limits,
+                        target_model=target_model, inference_id=inference_id,
+                        target_container_hostname=target_container_hostname, enforce_limits=not no_limits,
                         timeout=timeout)
     except InvokeError as e:
         if e.original_status is not None:

@@ -112,14 +112,24 @@ class Endpoint:
 
     kind = "endpoint"
 
-    def __init__(self, spec: EndpointSpec, sink: LineSink | None = _print_line) -> None:
+    def __init__(self, spec: EndpointSpec, sink: LineSink | None = _print_line, *, root: Path | None = None,
+                 token: str | None = None) -> None:
+        """``root`` and ``token``: this server is one member of a larger endpoint (a multi-container endpoint)
+        that owns the tree, the record and the token; :meth:`close` then stops the server and removes ``root``
+        only, and the owner ends what carries the token."""
         self.spec = spec.validate()
         self.tail = _Tail(sink)
-        self.root = Path(tempfile.mkdtemp(prefix=f"{self.spec.name_prefix}-"))
-        # Recorded so that `smbyoc ps` lists it and a sweep removes what a killed owner leaves.
-        self.token = owners.new_token()
-        jobs.register(jobs.ENDPOINT, self.root.name, mode=self.kind, tree=str(self.root), url=self.spec.url,
-                      token=self.token)
+        self.member = root is not None
+        if root is not None:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.root = root
+            self.token = token or owners.new_token()
+        else:
+            self.root = Path(tempfile.mkdtemp(prefix=f"{self.spec.name_prefix}-"))
+            # Recorded so that `smbyoc ps` lists it and a sweep removes what a killed owner leaves.
+            self.token = owners.new_token()
+            jobs.register(jobs.ENDPOINT, self.root.name, mode=self.kind, tree=str(self.root), url=self.spec.url,
+                          token=self.token)
         self.model_dir = self.root / "model"
         self.startup_seconds: float | None = None
 
@@ -131,6 +141,15 @@ class Endpoint:
         raise NotImplementedError
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``spec.stop_timeout`` seconds; returns once the server is gone."""
+        raise NotImplementedError
+
+    def terminate(self) -> None:
+        """Send SIGTERM and return at once (:meth:`stop` finishes the job)."""
+        raise NotImplementedError
+
+    def running(self) -> bool:
+        """Whether the server was started and has not stopped."""
         raise NotImplementedError
 
     def kill(self) -> None:
@@ -144,11 +163,15 @@ class Endpoint:
     def url(self) -> str:
         return self.spec.url
 
+    def launch(self) -> None:
+        """Put the model in place and start the server, without waiting for /ping."""
+        prepare_model_dir(self.spec.model_data, self.model_dir)
+        self._start()
+
     def start(self) -> float:
         """Start the server and wait until /ping answers 200; the seconds from start to healthy."""
         try:
-            prepare_model_dir(self.spec.model_data, self.model_dir)
-            self._start()
+            self.launch()
             self.startup_seconds = wait_until_healthy(
                 self.url, self.spec.startup_health_timeout, interval=0.25, alive=self._exit_reason)
         except BaseException as e:
@@ -172,9 +195,11 @@ class Endpoint:
         try:
             self.stop()
         finally:
-            owners.end_processes(self.token)  # what left serve's process group (nginx, gunicorn)
+            if not self.member:  # a member's owner ends the processes of the shared token, once all stopped
+                owners.end_processes(self.token)  # what left serve's process group (nginx, gunicorn)
             shutil.rmtree(self.root, ignore_errors=True)
-            jobs.unregister(jobs.ENDPOINT, self.root.name)
+            if not self.member:
+                jobs.unregister(jobs.ENDPOINT, self.root.name)
 
     def __enter__(self) -> Endpoint:
         self.start()
@@ -220,9 +245,12 @@ class ProcessEndpoint(Endpoint):
     kind = "process"
 
     def __init__(self, spec: EndpointSpec, sink: LineSink | None = _print_line,
-                 command: list[str] | None = None, *, require_nginx: bool = False) -> None:
-        self.uses_nginx = resolve_nginx({**os.environ, **spec.environment}, require=require_nginx)
-        super().__init__(spec, sink)
+                 command: list[str] | None = None, *, require_nginx: bool = False, root: Path | None = None,
+                 token: str | None = None, uses_nginx: bool | None = None) -> None:
+        """``uses_nginx``: already decided by the caller (the members of a multi-container endpoint warn once)."""
+        self.uses_nginx = (resolve_nginx({**os.environ, **spec.environment}, require=require_nginx)
+                           if uses_nginx is None else uses_nginx)
+        super().__init__(spec, sink, root=root, token=token)
         self.command = command or [sys.executable, "-m", "smbyoc.serving.main"]
         self.process: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
@@ -242,7 +270,8 @@ class ProcessEndpoint(Endpoint):
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         process = self.process
-        jobs.update(jobs.ENDPOINT, self.root.name, child=owners.Owner.of(process.pid).to_dict())
+        if not self.member:
+            jobs.update(jobs.ENDPOINT, self.root.name, child=owners.Owner.of(process.pid).to_dict())
 
         def pump() -> None:
             assert process.stdout is not None
@@ -271,6 +300,14 @@ class ProcessEndpoint(Endpoint):
             self.kill()
             process.wait()
 
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -287,8 +324,8 @@ class DockerEndpoint(Endpoint):
     kind = "docker"
 
     def __init__(self, spec: EndpointSpec, client: Any, image: str, sink: LineSink | None = _print_line,
-                 user: str | None = None) -> None:
-        super().__init__(spec, sink)
+                 user: str | None = None, *, root: Path | None = None, token: str | None = None) -> None:
+        super().__init__(spec, sink, root=root, token=token)
         self.client = client
         self.image = image
         self.user = user
@@ -344,6 +381,16 @@ class DockerEndpoint(Endpoint):
         except Exception as e:
             log.debug("stop endpoint container: %s", e)
         containers.remove_quietly(container, container.name)
+
+    def running(self) -> bool:
+        return self.container is not None and self._exit_reason() is None
+
+    def terminate(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.kill(signal="SIGTERM")
+            except Exception as e:  # already stopped
+                log.debug("SIGTERM to endpoint container: %s", e)
 
     def kill(self) -> None:
         if self.container is not None:

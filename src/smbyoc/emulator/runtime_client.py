@@ -10,6 +10,7 @@ proxy setting can divert requests meant for 127.0.0.1.
 from __future__ import annotations
 
 import http.client
+import json
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +22,8 @@ from smbyoc.errors import SmbyocError
 MAX_BODY_BYTES = 6 * 1024 * 1024
 #: The container must answer /invocations within 60 s.
 INVOCATION_TIMEOUT = 60.0
+#: Set by a multi-container endpoint's front on every answer: the container that gave it (smbyoc's own header).
+CONTAINER_HOSTNAME_HEADER = "x-smbyoc-container-hostname"
 #: /ping must answer within 2 s.
 PING_TIMEOUT = 2.0
 
@@ -91,6 +94,7 @@ def invoke(
     custom_attributes: str | None = None,
     target_model: str | None = None,
     inference_id: str | None = None,
+    target_container_hostname: str | None = None,
     enforce_limits: bool = True,
     timeout: float = INVOCATION_TIMEOUT,
     chunked: bool = False,
@@ -108,7 +112,8 @@ def invoke(
     for name, value in (("Content-Type", content_type), ("Accept", accept),
                         ("X-Amzn-SageMaker-Custom-Attributes", custom_attributes),
                         ("X-Amzn-SageMaker-Target-Model", target_model),
-                        ("X-Amzn-SageMaker-Inference-Id", inference_id)):
+                        ("X-Amzn-SageMaker-Inference-Id", inference_id),
+                        ("X-Amzn-SageMaker-Target-Container-Hostname", target_container_hostname)):
         if value is not None:
             headers[name] = value
     try:
@@ -121,14 +126,38 @@ def invoke(
     if enforce_limits and len(response.body) > MAX_BODY_BYTES:
         raise InvokeError("ModelError", f"the model's response has {len(response.body):,} bytes; the limit is "
                           f"{MAX_BODY_BYTES:,} (6 MB)", status=424, original_status=response.status)
+    platform_error = platform_error_of(response)
+    if platform_error is not None:
+        raise platform_error
     if not 200 <= response.status < 300:
         message = response.body.decode("utf-8", "replace")
-        raise InvokeError("ModelError", model_error_message(response.status, message), status=424,
+        container = next((v for k, v in response.headers.items() if k.lower() == CONTAINER_HOSTNAME_HEADER), None)
+        raise InvokeError("ModelError", model_error_message(response.status, message, container or "primary"),
+                          status=424,
                           original_status=response.status, original_message=message)
     return response
 
 
-def model_error_message(status: int, message: str) -> str:
+def platform_error_of(response: InvocationResponse) -> InvokeError | None:
+    """The error an endpoint front answered itself (``X-Amzn-ErrorType`` and a JSON ``message``,
+    :mod:`smbyoc.emulator.front`), as an :class:`InvokeError`; None for a container's own answer."""
+    code = next((v for k, v in response.headers.items() if k.lower() == "x-amzn-errortype"), None)
+    if code is None:
+        return None
+    try:
+        payload = json.loads(response.body)
+    except ValueError:
+        payload = {}
+    if not isinstance(payload, dict):
+        payload = {}
+    message = str(payload.get("message") or payload.get("Message") or response.body.decode("utf-8", "replace"))
+    original = payload.get("OriginalStatusCode")
+    return InvokeError(code.split(":")[0], message, status=response.status,
+                       original_status=original if isinstance(original, int) else None,
+                       original_message=payload.get("OriginalMessage"))
+
+
+def model_error_message(status: int, message: str, container: str = "primary") -> str:
     """SageMaker's ``ModelError`` message for a container's non-2xx answer.
 
     ``Received client error (4xx) ...`` / ``Received server error (5xx) from primary with message "..."``
@@ -136,7 +165,7 @@ def model_error_message(status: int, message: str) -> str:
     endpoint's CloudWatch log group, here the endpoint's log (``local-serve``'s output).
     """
     kind = "server" if status >= 500 else "client"
-    return (f"Received {kind} error ({status}) from primary with message \"{message}\". "
+    return (f"Received {kind} error ({status}) from {container} with message \"{message}\". "
             "See the endpoint's log for more information.")
 
 

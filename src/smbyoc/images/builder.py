@@ -3,7 +3,7 @@
 Public API::
 
     build_image(kind, variant="cpu", tag=None, *, code_dir=None, base_image=None, requirements=None,
-                client=None, cache=None, progress=None, nocache=False) -> BuildResult
+                client=None, cache=None, progress=None, nocache=False, labels=None) -> BuildResult
     ensure_image(kind, variant="cpu", tag=None, *, client=None, base_image=None, progress=None) -> str
     default_tag(kind, variant="cpu") -> "smbyoc/<kind>:<variant>"
 
@@ -18,7 +18,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class BuildResult:
 
 #: Image label holding :func:`smbyoc.images.wheelhouse.source_fingerprint` of the smbyoc inside.
 SOURCE_LABEL = "org.smbyoc.source"
+#: SageMaker accepts an image for a multi-model endpoint only with this label set to ``true`` (contract.md §5).
+MULTI_MODELS_LABEL = "com.amazonaws.sagemaker.capabilities.multi-models"
 
 
 def default_tag(kind: str, variant: str = "cpu") -> str:
@@ -169,11 +171,20 @@ def preflight(variant: Variant, kind: str, client: Any, base_image: str | None =
     return base
 
 
+def image_labels(variant: Variant, kind: str, base: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The labels smbyoc puts on an image it builds, plus ``extra`` (e.g. :data:`MULTI_MODELS_LABEL`)."""
+    return {"org.smbyoc.variant": variant.name, "org.smbyoc.kind": kind,
+            "org.smbyoc.version": smbyoc.__version__, "org.smbyoc.base-image": base,
+            SOURCE_LABEL: source_fingerprint(), **(extra or {})}
+
+
 def build_image(kind: str, variant: str | Variant = "cpu", tag: str | None = None, *,
                 code_dir: Path | None = None, base_image: str | None = None,
                 requirements: Path | None = None, client: Any | None = None, cache: Path | None = None,
-                progress: Progress | None = None, nocache: bool = False) -> BuildResult:
-    """Build the ``kind`` image of ``variant`` and tag it (default :func:`default_tag`)."""
+                progress: Progress | None = None, nocache: bool = False,
+                labels: Mapping[str, str] | None = None) -> BuildResult:
+    """Build the ``kind`` image of ``variant`` and tag it (default :func:`default_tag`); ``labels`` are added to
+    smbyoc's own (:func:`image_labels`)."""
     started = time.monotonic()
     var = variant if isinstance(variant, Variant) else load_variant(variant)
     tag = tag or default_tag(kind, var.name)
@@ -189,12 +200,10 @@ def build_image(kind: str, variant: str | Variant = "cpu", tag: str | None = Non
     buildargs = {"BASE_IMAGE": base}
     if var.dockerfile(kind).name == "Dockerfile.neuron":
         buildargs |= {"KIND": kind}
-    labels = {"org.smbyoc.variant": var.name, "org.smbyoc.kind": kind,
-              "org.smbyoc.version": smbyoc.__version__, "org.smbyoc.base-image": base,
-              SOURCE_LABEL: source_fingerprint()}
+    all_labels = image_labels(var, kind, base, labels)
     with tempfile.TemporaryDirectory(prefix="smbyoc-build.") as tmp:
         ctx = build_context.assemble(spec, Path(tmp) / "context", cache=cache, progress=progress)
-        image_id = _stream_build(client, ctx.path, tag, buildargs, labels, var, nocache, progress)
+        image_id = _stream_build(client, ctx.path, tag, buildargs, all_labels, var, nocache, progress)
     with translate_docker_errors(f"inspecting {tag}"):
         image = client.images.get(tag)
     result = BuildResult(tag=tag, image_id=image.id or image_id, size_bytes=int(image.attrs.get("Size", 0)),

@@ -13,6 +13,13 @@ from smbyoc.errors import ConfigError
 from smbyoc.paths import Paths
 
 DEFAULT_PROGRAM = "inference.py"
+#: The multi-model registry shared by the workers of one ``serve``, inside its private runtime directory
+#: (:mod:`smbyoc.serving.multi_model`); the supervisor creates it (mode 0700).
+MME_REGISTRY_DIR = "mme-registry"
+#: Seconds a multi-model endpoint's model load may take (SageMaker keeps loading for up to 360 s,
+#: contract.md §5): nginx's timeout for ``POST /models``, and how long a loading worker keeps its
+#: gunicorn heartbeat going.
+MME_LOAD_TIMEOUT = 360
 MIB = 1024 * 1024
 #: SAGEMAKER_MODEL_SERVER_TIMEOUT's default under SAGEMAKER_BATCH: InvocationsTimeoutInSeconds' default
 #: (CreateTransformJob ModelClientConfig, contract.md §4).
@@ -70,6 +77,8 @@ class ServingEnv:
     onnx_threads: int | None = None
     npy_allow_pickle: bool = False
     max_decoded_mb: int | None = None
+    mme_memory_budget_mb: int | None = None
+    mme_max_models: int = 0
 
     @classmethod
     def from_env(
@@ -117,6 +126,8 @@ class ServingEnv:
             onnx_threads=ev.SMBYOC_ONNX_THREADS.get(env),
             npy_allow_pickle=ev.SMBYOC_NPY_ALLOW_PICKLE.get(env),
             max_decoded_mb=ev.SMBYOC_MAX_DECODED_PAYLOAD_IN_MB.get(env),
+            mme_memory_budget_mb=ev.SMBYOC_MME_MEMORY_BUDGET_MB.get(env),
+            mme_max_models=ev.SMBYOC_MME_MAX_MODELS.get(env),
         )
 
     @property

@@ -8,13 +8,20 @@ The module named by ``SAGEMAKER_PROGRAM`` (default ``inference.py``) is looked u
 ``context``. ``batch_records = True`` in the module (or ``SMBYOC_BATCH_RECORDS``) turns on batch
 records mode (:mod:`smbyoc.serving.records`). Everything about the functions (which one, whether it takes
 ``context``) is worked out once at load time, never per request.
+
+On a multi-model endpoint each model's own ``<model dir>/code/<SAGEMAKER_PROGRAM>`` comes first, imported
+under a name of its own (:func:`import_model_module`) so that two models' ``inference.py`` never meet in
+``sys.modules``; a model without one uses the image's module (``SAGEMAKER_SUBMIT_DIRECTORY``, then
+``sys.path``), and one with neither the default model loader.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
+import itertools
 import logging
 import sys
 import traceback
@@ -81,14 +88,16 @@ def find_module_file(name: str, directories: list[Path]) -> Path | None:
     return None
 
 
-def import_user_module(env: ServingEnv) -> ModuleType | None:
+def import_user_module(env: ServingEnv, directories: list[Path] | None = None) -> ModuleType | None:
     """Import the handler module; None when there is none and ``SAGEMAKER_PROGRAM`` was left default.
 
-    Raises :class:`UserCodeError` for a named module that does not exist ("not found") and, distinctly,
-    for a module that exists but fails to import (with the module's traceback).
+    It is looked up in ``directories`` (default ``SAGEMAKER_SUBMIT_DIRECTORY``, then ``<model_dir>/code``),
+    then on ``sys.path``. Raises :class:`UserCodeError` for a named module that does not exist ("not found")
+    and, distinctly, for a module that exists but fails to import (with the module's traceback).
     """
     name = env.module_name
-    directories = list(dict.fromkeys([env.submit_dir, env.model_dir / "code"]))
+    if directories is None:
+        directories = list(dict.fromkeys([env.submit_dir, env.model_dir / "code"]))
     path = find_module_file(name, directories)
     if path is not None:
         directory = str(path.parent if path.name != "__init__.py" else path.parent.parent)
@@ -118,6 +127,61 @@ def import_user_module(env: ServingEnv) -> ModuleType | None:
         raise UserCodeError(f"error importing handler module {location}: {type(e).__name__}: {e}\n{tb}") from e
 
 
+_MODULE_NUMBERS = itertools.count(1)
+
+
+def _local_names(directory: Path) -> set[str]:
+    """Top-level module names a directory provides (``x.py``, packages ``x/__init__.py``)."""
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return set()
+    return {p.stem for p in entries if p.suffix == ".py" and p.is_file()} | {
+        p.name for p in entries if p.is_dir() and (p / "__init__.py").is_file()}
+
+
+def import_model_module(env: ServingEnv, model_dir: Path, model_name: str) -> tuple[ModuleType | None, str | None]:
+    """A multi-model endpoint's handler module for ``model_dir`` and the unique ``sys.modules`` name it was
+    imported under (None for the image's shared module, which keeps its own name).
+
+    The model's own ``code/<SAGEMAKER_PROGRAM>`` is imported under ``_smbyoc_model_<hash>_<n>`` (a new name on
+    every load, so a re-registered model runs its new code). While it executes, its ``code/`` directory is
+    first on ``sys.path`` and same-named modules already imported are set aside, so ``import utils`` finds the
+    model's own ``utils.py``; afterwards the modules it imported from ``code/`` are taken out of
+    ``sys.modules`` again (the model keeps them), so the next model's ``utils`` is its own. Without one, the
+    image's module (``SAGEMAKER_SUBMIT_DIRECTORY``, then ``sys.path``) or None (default loader).
+    """
+    path = find_module_file(env.module_name, [model_dir / "code"])
+    if path is None:
+        return import_user_module(env, [env.submit_dir]), None
+    package = path.name == "__init__.py"
+    directory = path.parent.parent if package else path.parent
+    digest = hashlib.sha256(model_name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    unique = f"_smbyoc_model_{digest}_{next(_MODULE_NUMBERS)}"
+    spec = importlib.util.spec_from_file_location(
+        unique, path, submodule_search_locations=[str(path.parent)] if package else None)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has a loader
+        raise UserCodeError(f"cannot import handler module {path}")
+    module = importlib.util.module_from_spec(spec)
+    local = _local_names(directory)
+    set_aside = {n: sys.modules.pop(n) for n in list(sys.modules) if n.partition(".")[0] in local}
+    sys.modules[unique] = module
+    sys.path.insert(0, str(directory))
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as e:
+        sys.modules.pop(unique, None)
+        tb = traceback.format_exc()
+        raise UserCodeError(f"error importing handler module {path}: {type(e).__name__}: {e}\n{tb}") from e
+    finally:
+        if str(directory) in sys.path:
+            sys.path.remove(str(directory))
+        for name in [n for n in sys.modules if n.partition(".")[0] in local]:
+            del sys.modules[name]  # the model's own helpers: it holds them, nobody else finds them
+        sys.modules.update(set_aside)
+    return module, unique
+
+
 class Handler:
     """One model: its user functions (or defaults), the loaded model, and the request path."""
 
@@ -134,11 +198,15 @@ class Handler:
         self._execution_parameters: Bound | None = None
         self.default_output = True
         self.batch_records = env.batch_records
+        self.module_key: str | None = None  # a multi-model endpoint's own module: its sys.modules name
 
     # ------------------------------------------------------------------------------------- loading
     def load(self) -> None:
         """Import the module, check it, run ``pre_model_fn``, ``model_fn`` and ``model_warmup_fn``."""
-        module = import_user_module(self.env)
+        if self.env.multi_model:
+            module, self.module_key = import_model_module(self.env, self.model_dir, self.name)
+        else:
+            module = import_user_module(self.env)
         self.module = module
         funcs = {n: getattr(module, n) for n in HOOKS if module is not None and callable(getattr(module, n, None))}
         if "transform_fn" in funcs and {"input_fn", "predict_fn", "output_fn"} & funcs.keys():
@@ -168,6 +236,14 @@ class Handler:
             self._execution_parameters = Bound.of(funcs["execution_parameters_fn"], 0)
         self.default_output = self._transform is None and self._output is None
         self.batch_records = self.env.batch_records or bool(getattr(module, "batch_records", False))
+
+    def unload(self) -> None:
+        """Drop the model and the functions (and a multi-model endpoint's own module) so they can be freed."""
+        if self.module_key is not None:
+            sys.modules.pop(self.module_key, None)
+            self.module_key = None
+        self.model = self.module = None
+        self._transform = self._input = self._predict = self._output = self._execution_parameters = None
 
     def execution_parameters(self) -> dict[str, Any]:
         if self._execution_parameters is None:

@@ -19,7 +19,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="serve",
         description="Serve a model for SageMaker: nginx on SAGEMAKER_BIND_TO_PORT (8080) in front of gunicorn "
-        "running the Flask app (/ping, /invocations, /execution-parameters).",
+        "running the Flask app (/ping, /invocations, /execution-parameters; with SAGEMAKER_MULTI_MODEL=true "
+        "/ping and the /models routes of multi-model endpoints).",
         epilog="Example: SAGEMAKER_BASE_DIR=/tmp/ml SAGEMAKER_BIND_TO_PORT=8081 serve --no-nginx",
     )
     parser.add_argument("command", nargs="?", choices=["serve"], help="ignored (SageMaker passes `serve`)")

@@ -1,8 +1,8 @@
 """Named models and their state (loading → ready | failed, with the reason).
 
-Single-model endpoints hold one model named :data:`DEFAULT_MODEL`; multi-model endpoints (a later
-issue) add and remove more by name. State reads take no lock (one attribute read), so ``/ping`` never
-waits behind a load or a prediction; only adding and removing names is serialised.
+Single-model endpoints hold one model named :data:`DEFAULT_MODEL`; multi-model endpoints add and remove
+more by name (:mod:`smbyoc.serving.multi_model`). State reads take no lock (one attribute read), so
+``/ping`` never waits behind a load or a prediction; only adding and removing names is serialised.
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ class ModelEntry:
     started: float = field(default_factory=time.monotonic)
     load_seconds: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    #: The type of the exception a failed load raised (it decides a multi-model load's status); the
+    #: exception itself is not kept: its traceback would keep whatever the load allocated alive.
+    error_type: type[BaseException] | None = None
+    #: Multi-model endpoints: the registration this copy was loaded from (a new one means reload).
+    token: str = ""
 
     @property
     def ready(self) -> bool:
@@ -82,6 +87,7 @@ class ModelHolder:
         try:
             (loader or entry.handler.load)()
         except Exception as e:
+            entry.error_type = type(e)
             entry.reason = f"model {name!r} failed to load: {type(e).__name__}: {e}"
             entry.state = ModelState.FAILED
             logger.exception("model %r failed to load", name)

@@ -7,7 +7,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from smbyoc.serving.env import ServingEnv
+from smbyoc.serving.env import MME_LOAD_TIMEOUT, ServingEnv
 from smbyoc.serving.error_body import error_body
 
 TEMPLATE = "nginx.conf.template"
@@ -59,8 +59,10 @@ def nginx_quoted(body: bytes) -> str:
 
 def nginx_error_bodies(env: ServingEnv) -> dict[str, str]:
     """The bodies of the errors nginx answers itself, from the same function as every other error body."""
+    routes = ("GET /ping, GET and POST /models, GET and DELETE /models/<name>, POST /models/<name>/invoke"
+              if env.multi_model else "GET /ping, POST /invocations, GET /execution-parameters")
     bodies = {
-        404: "no such route; routes are GET /ping, POST /invocations, GET /execution-parameters",
+        404: f"no such route; routes are {routes}",
         413: f"request body exceeds {env.max_body_text}",
         # nginx's 502 (the upstream closed without a complete answer) is sent as this 503
         503: "the model server answered nothing complete: the worker handling this request exited (or no worker "
@@ -68,6 +70,23 @@ def nginx_error_bodies(env: ServingEnv) -> dict[str, str]:
         504: f"the model server did not answer within {env.timeout_text}",
     }
     return {f"body_{status}": nginx_quoted(error_body(status, message)) for status, message in bodies.items()}
+
+
+def multi_model_locations(env: ServingEnv) -> str:
+    """On a multi-model endpoint, ``POST /models`` loads a model within the request, and SageMaker lets a
+    load take :data:`~smbyoc.serving.env.MME_LOAD_TIMEOUT` seconds: nginx waits that long there."""
+    if not env.multi_model:
+        return "# (multi-model endpoints only: POST /models with a longer timeout)\n"
+    timeout = max(env.timeout, MME_LOAD_TIMEOUT)
+    return "\n        ".join((
+        "# multi-model endpoints: POST /models loads a model in the request, for up to "
+        f"{MME_LOAD_TIMEOUT} s as SageMaker allows",
+        "location = /models {",
+        f"    proxy_read_timeout {timeout}s;",
+        f"    uwsgi_read_timeout {timeout}s;",
+        "    " + "\n            ".join(_PASS[env.protocol]),
+        "}",
+    )) + "\n"
 
 
 def listen_address(host: str, port: int) -> str:
@@ -106,6 +125,7 @@ def render_nginx_conf(
         "listen": listen_address(env.host, env.port),
         "max_body_bytes": str(env.max_body_bytes),  # 0: nginx checks no size (chunked bodies of any size)
         "timeout": str(env.timeout),
+        "multi_model_locations": multi_model_locations(env),
         **nginx_error_bodies(env),
     }
     text = template if template is not None else load_template()

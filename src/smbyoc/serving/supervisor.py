@@ -25,7 +25,7 @@ from pathlib import Path
 
 from smbyoc.errors import ConfigError, ServingError
 from smbyoc.exit_codes import from_returncode
-from smbyoc.serving.env import ServingEnv
+from smbyoc.serving.env import MME_REGISTRY_DIR, ServingEnv
 from smbyoc.serving.gunicorn import gunicorn_argv, worker_class
 from smbyoc.serving.nginx import nginx_argv, render_nginx_conf
 
@@ -68,9 +68,20 @@ def check_private_dir(path: Path) -> None:
                           "use a private directory (mode 0700) of this user", key=key)
 
 
+def prepare_registry(runtime_dir: Path) -> Path:
+    """The multi-model registry directory (mode 0700) in ``runtime_dir``, emptied: a new ``serve`` starts
+    with no model loaded, as a new SageMaker container does, also when the runtime directory is reused."""
+    registry = runtime_dir / MME_REGISTRY_DIR
+    if registry.is_symlink() or registry.is_file():
+        registry.unlink()
+    shutil.rmtree(registry, ignore_errors=True)
+    registry.mkdir(mode=0o700)
+    return registry
+
+
 def prepare(env: ServingEnv, *, nginx_bin: str = "nginx") -> ServePlan:
-    """Create the runtime directory (mode 0700; a given one must already be private) and write nginx.conf
-    (when nginx is used)."""
+    """Create the runtime directory (mode 0700; a given one must already be private), the multi-model
+    registry in it (on a multi-model endpoint) and write nginx.conf (when nginx is used)."""
     worker_class(env)  # a bad combination fails here, before anything is created
     if env.runtime_dir is not None:
         runtime_dir, owned = env.runtime_dir, False
@@ -78,6 +89,8 @@ def prepare(env: ServingEnv, *, nginx_bin: str = "nginx") -> ServePlan:
         check_private_dir(runtime_dir)
     else:
         runtime_dir, owned = Path(tempfile.mkdtemp(prefix="smbyoc-serve-")), True
+    if env.multi_model:
+        prepare_registry(runtime_dir)
     if not env.use_nginx:
         return ServePlan(env, runtime_dir, gunicorn_argv(env, runtime_dir, None), None, None, owned)
     if shutil.which(nginx_bin) is None:

@@ -10,21 +10,33 @@ master: every worker loads its own copy after the fork, in a background thread
 their thread pools (importing onnxruntime before the fork even makes workers abort at exit),
 and so that ``/ping`` answers 503 "loading" at once instead of hanging.
 docs/serving.md has the measurements behind this choice.
+
+On a multi-model endpoint no model is loaded at start: each worker holds a
+:class:`~smbyoc.serving.multi_model.MultiModelServer` (built in the master, so all share one registry
+directory), and ``/ping`` is ready as soon as a worker runs. A worker that loads or unloads a model wakes
+its idle siblings (:func:`wake_siblings`), which check the registry at their next heartbeat and so free
+an unloaded model's memory at once rather than at their next request; a worker loading a model keeps its
+heartbeat going meanwhile (:func:`heartbeat_during_load`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import socket
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from smbyoc.logs import configure_logging
-from smbyoc.serving.env import ServingEnv
+from smbyoc.serving.env import MME_LOAD_TIMEOUT, ServingEnv
 from smbyoc.serving.fast_path import fast_path
 from smbyoc.serving.handler import Handler
 from smbyoc.serving.model_holder import DEFAULT_MODEL, ModelHolder
+from smbyoc.serving.multi_model import MultiModelServer
 from smbyoc.serving.nginx import READY_FILE
 
 logger = logging.getLogger(__name__)
@@ -35,9 +47,10 @@ _state: dict[str, Any] = {}
 class LazyApp:
     """The Flask app, built (and Flask imported) on first use; thread-safe."""
 
-    def __init__(self, env: ServingEnv, holder: ModelHolder) -> None:
+    def __init__(self, env: ServingEnv, holder: ModelHolder, mme: MultiModelServer | None = None) -> None:
         self.env = env
         self.holder = holder
+        self.mme = mme
         self._app: Any = None
         self._lock = threading.Lock()
 
@@ -46,7 +59,7 @@ class LazyApp:
             if self._app is None:
                 from smbyoc.serving.app import create_app
 
-                self._app = create_app(self.env, self.holder)
+                self._app = create_app(self.env, self.holder, self.mme)
             return self._app
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -54,12 +67,16 @@ class LazyApp:
 
 
 def build(env: ServingEnv | None = None) -> tuple[LazyApp, ModelHolder]:
-    """The (lazy) Flask app and its holder with the default model added (not loaded)."""
+    """The (lazy) Flask app and its holder with the default model added (not loaded); on a multi-model
+    endpoint an empty holder and the app's :class:`MultiModelServer` (``LazyApp.mme``)."""
     env = env or ServingEnv.from_env()
     holder = ModelHolder()
-    if not env.multi_model:
+    mme = None
+    if env.multi_model:
+        mme = MultiModelServer.from_env(env, holder)
+    else:
         holder.add(DEFAULT_MODEL, Handler(env, DEFAULT_MODEL))
-    return LazyApp(env, holder), holder
+    return LazyApp(env, holder, mme), holder
 
 
 def create_wsgi_app() -> Any:
@@ -68,10 +85,11 @@ def create_wsgi_app() -> Any:
     env = ServingEnv.from_env()
     configure_logging(env.log_level)
     flask_app, holder = build(env)
-    app = fast_path(env, holder, flask_app)
+    app = fast_path(env, holder, flask_app, flask_app.mme)
     _state["holder"] = holder
     _state["flask_app"] = flask_app
-    _state["runtime_dir"] = env.runtime_dir if env.use_nginx and not env.multi_model else None
+    _state["mme"] = flask_app.mme
+    _state["runtime_dir"] = env.runtime_dir if env.use_nginx else None
     _state["behind_nginx"] = env.use_nginx
     _state["protocol"] = env.protocol
     return app
@@ -85,6 +103,8 @@ def load_models() -> None:
         return
     runtime_dir = _state.get("runtime_dir")
     flask_app: LazyApp | None = _state.get("flask_app")
+    if _state.get("mme") is not None and runtime_dir is not None:
+        (runtime_dir / READY_FILE).touch()  # a multi-model endpoint is ready once a worker runs
 
     def load(names: list[str]) -> None:
         for name in names:
@@ -194,6 +214,76 @@ def freeze_preloaded_objects() -> None:
     gc.freeze()
 
 
+def sibling_workers(master: int, me: int, proc: str = "/proc") -> list[int]:
+    """The other children of gunicorn's ``master`` (its workers), from ``/proc``."""
+    try:
+        with open(f"{proc}/{master}/task/{master}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:  # a kernel without CONFIG_PROC_CHILDREN: every process's parent
+        pids = []
+        for name in os.listdir(proc):
+            if name.isdigit():
+                try:
+                    with open(f"{proc}/{name}/stat") as f:
+                        fields = f.read().rpartition(")")[2].split()
+                except OSError:
+                    continue
+                if len(fields) > 1 and fields[1] == str(master):
+                    pids.append(int(name))
+    return [p for p in pids if p != me]
+
+
+def wake_siblings() -> None:
+    """Send SIGWINCH to this worker's siblings after a registry change. A gunicorn worker ignores SIGWINCH,
+    but every signal it handles writes to its wake-up pipe, which ends its idle wait (up to half of
+    ``--timeout``): it runs its heartbeat, and with it :func:`install_multi_model_hooks`, at once."""
+    for pid in sibling_workers(os.getppid(), os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGWINCH)
+
+
+@contextlib.contextmanager
+def heartbeat_during_load(worker: Any, limit: float = MME_LOAD_TIMEOUT, every: float = 1.0) -> Iterator[None]:
+    """Keep ``worker``'s heartbeat going from a thread while a model loads in the request, for up to
+    ``limit`` seconds: gunicorn would otherwise kill a worker whose load takes longer than ``--timeout``
+    (SAGEMAKER_MODEL_SERVER_TIMEOUT, 60 s), while SageMaker lets an MME load take 360 s. A load still running
+    after ``limit`` is treated as hung: the heartbeat stops and gunicorn restarts the worker."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        deadline = time.monotonic() + limit
+        while not stop.wait(every) and time.monotonic() < deadline:
+            worker.tmp.notify()
+
+    thread = threading.Thread(target=beat, name="load-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def install_multi_model_hooks(worker: Any, mme: MultiModelServer) -> None:
+    """Hook a worker's :class:`MultiModelServer` into gunicorn: it catches up with the registry (and frees
+    the models another worker unloaded) at each heartbeat too, not only at its next request (one ``stat``
+    when nothing changed); it wakes its siblings after a change; and a load keeps the heartbeat going."""
+    original = worker.notify
+
+    def notify() -> None:
+        original()
+        try:
+            mme.sync()
+        except Exception:
+            logger.exception("checking the multi-model registry failed")
+
+    worker.notify = notify
+    # a system call the wake-up interrupts (in the model's own threads too) is restarted, not failed (EINTR)
+    signal.siginterrupt(signal.SIGWINCH, False)
+    mme.on_change = wake_siblings
+    mme.load_guard = lambda: heartbeat_during_load(worker)
+
+
 def throttle_heartbeat(worker: Any, every: float = 1.0) -> None:
     """Touch the worker's heartbeat file at most once a second instead of once per request.
 
@@ -224,6 +314,8 @@ def post_worker_init(worker: Any) -> None:
             install_single_write()
         install_date_cache()
         throttle_heartbeat(worker)
+    if _state.get("mme") is not None:
+        install_multi_model_hooks(worker, _state["mme"])
     freeze_preloaded_objects()
     load_models()
 

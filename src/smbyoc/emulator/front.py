@@ -1,0 +1,479 @@
+"""The endpoint front: SageMaker's side of an endpoint, on the port clients call.
+
+A plain ``local-serve`` lets clients talk to its one container directly. Where SageMaker does more than pass a
+request to one container, a front stands in between: a multi-model endpoint (SageMaker loads the TargetModel
+into the container before it invokes it) and a multi-container endpoint (it chains the containers, or routes to
+the one named). What it does with a request is a :class:`Router`'s business; the front owns the HTTP side:
+
+* an aiohttp server on the endpoint's port (in its own thread and event loop, so that the CLI stays
+  synchronous), answering ``GET /ping`` and ``POST /invocations``;
+* one pooled aiohttp client session (keep-alive connections to the containers) the routers share;
+* SageMaker's request rules before a router sees anything: only the headers InvokeEndpoint defines reach a
+  container (contract.md §3.3), each within its length limit, and the 6 MB body limit;
+* errors the platform raises (not the container) answered with ``X-Amzn-ErrorType`` and a JSON body
+  ``{"message": ...}``, the shape of the SageMaker Runtime API, so that :mod:`smbyoc.emulator.runtime_client`
+  and botocore read the error code and message.
+
+A container's own answer (any status) is passed back unchanged: ``/invocations`` here stands for the container's
+``/invocations``, as it does in plain mode (``smbyoc invoke`` turns a non-2xx answer into ``ModelError`` the way
+InvokeEndpoint does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from smbyoc.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+#: BOTO ``BodyBlob.max``: InvokeEndpoint's request and response bodies.
+MAX_BODY_BYTES = 6 * 1024 * 1024
+#: The largest refused request body that is read (and dropped) before the answer; beyond it the connection is
+#: closed after the answer.
+DRAIN_LIMIT = 64 * 1024 * 1024
+#: A container must answer ``/invocations`` within 60 s (contract.md §3.3).
+INVOCATION_TIMEOUT = 60.0
+
+#: The request headers InvokeEndpoint defines, with their length limits (contract.md §3.3); SageMaker strips the
+#: rest before the container sees the request.
+FORWARDED_HEADERS: Mapping[str, int | None] = {
+    "Content-Type": 1024,
+    "Accept": 1024,
+    "X-Amzn-SageMaker-Custom-Attributes": 1024,
+    "X-Amzn-SageMaker-Target-Model": 1024,
+    "X-Amzn-SageMaker-Target-Variant": 63,
+    "X-Amzn-SageMaker-Target-Container-Hostname": 63,
+    "X-Amzn-SageMaker-Inference-Id": 64,
+    "X-Amzn-SageMaker-Enable-Explanations": 64,
+    "X-Amzn-SageMaker-Inference-Component": 63,
+    "X-Amzn-SageMaker-Session-Id": 256,
+}
+#: Response headers a container's answer keeps on its way back (besides Content-Type).
+RETURNED_HEADERS = (
+    "X-Amzn-SageMaker-Custom-Attributes",
+    "X-Amzn-SageMaker-New-Session-Id",
+    "X-Amzn-SageMaker-Closed-Session-Id",
+)
+ERROR_TYPE_HEADER = "X-Amzn-ErrorType"
+VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
+CONTROL_TOKEN_HEADER = "X-Smbyoc-Control-Token"  # noqa: S105 - a header name, not a secret
+#: The account and region local ARNs name (nothing here is in AWS).
+LOCAL_ACCOUNT = "000000000000"
+LOCAL_REGION = "local"
+#: The variant name the SageMaker Python SDK gives a one-variant endpoint.
+DEFAULT_VARIANT = "AllTraffic"
+
+
+class FrontError(Exception):
+    """An error the platform answers itself: ``code`` is the SageMaker Runtime error name (``ValidationError``,
+    ``ModelError``, ``ModelNotReadyException``, ``ServiceUnavailable``...), ``fields`` extra members of the
+    error body (``OriginalStatusCode``...)."""
+
+    def __init__(self, status: int, code: str, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields
+
+
+def validation_error(message: str) -> FrontError:
+    return FrontError(400, "ValidationError", message)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One invocation as the platform passes it on: the body and the forwarded headers only."""
+
+    body: bytes
+    headers: Mapping[str, str]
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A container's answer: status, body and the headers that go back to the client."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: The production variant that answered (``x-Amzn-Invoked-Production-Variant``); None: the front's default.
+    variant: str | None = None
+    #: The container that answered, for ModelError's wording (``from <container>``); None: ``primary``.
+    container: str | None = None
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("Content-Type")
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class AsyncInvocations(Protocol):
+    """The handler of ``POST /endpoints/{name}/async-invocations`` (InvokeEndpointAsync) on an async endpoint."""
+
+    async def open(self, session: Any) -> None:
+        """Called once in the front's event loop (after the router's ``open``): recover the queue, start work."""
+
+    async def submit(self, headers: Mapping[str, str], body: bytes) -> Reply:
+        """Accept one request (202 with the InferenceId body and the location headers) or raise FrontError."""
+
+    async def close(self) -> None:
+        """Called once when the front stops (before the router's ``close``)."""
+
+
+class Control(Protocol):
+    """The endpoint's control side on ``/_smbyoc/endpoints/{name}`` (``smbyoc endpoint describe`` and
+    ``update-weights``); every call must carry the endpoint's control token (``X-Smbyoc-Control-Token``)."""
+
+    @property
+    def token(self) -> str:
+        """The secret every control call must carry."""
+
+    def describe(self) -> dict[str, Any]:
+        """DescribeEndpoint's answer, with statistics."""
+
+    def update_weights(self, desired: list[dict[str, Any]]) -> None:
+        """UpdateEndpointWeightsAndCapacities' ``DesiredWeightsAndCapacities``; raise FrontError when refused."""
+
+
+class Router(Protocol):
+    """What a front does with an invocation (a multi-model loader, a serial pipeline, a direct router)."""
+
+    async def open(self, session: Any) -> None:
+        """Called once in the front's event loop before the first request; ``session`` is the shared
+        ``aiohttp.ClientSession``."""
+
+    async def invoke(self, call: Call) -> Reply:
+        """Answer one invocation; raise :class:`FrontError` for what the platform refuses."""
+
+    async def close(self) -> None:
+        """Called once when the front stops."""
+
+
+def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of ``headers`` (any case) that InvokeEndpoint defines, spelled as SageMaker spells them;
+    a value over its limit is a ``ValidationError`` naming the header."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    kept: dict[str, str] = {}
+    for name, limit in FORWARDED_HEADERS.items():
+        value = lowered.get(name.lower())
+        if value is None:
+            continue
+        if limit is not None and len(value) > limit:
+            raise validation_error(f"{name}: the value has {len(value)} characters; the limit is {limit}")
+        if name == "X-Amzn-SageMaker-Custom-Attributes" and not (value.isascii() and value.isprintable()):
+            raise validation_error(f"{name}: the value must be visible US-ASCII characters")
+        kept[name] = value
+    return kept
+
+
+def returned_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of a container's answer that go back to the client."""
+    kept: dict[str, str] = {}
+    content_type = headers.get("Content-Type")
+    if content_type is not None:
+        kept["Content-Type"] = content_type
+    for name in RETURNED_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            kept[name] = value
+    return kept
+
+
+async def post(session: Any, url: str, body: bytes, headers: Mapping[str, str], *,
+               timeout: float = INVOCATION_TIMEOUT, what: str = "the container") -> Reply:
+    """POST ``body`` to ``url`` over ``session``; the answer as a :class:`Reply` (any status).
+
+    A container that does not answer within ``timeout`` is a ``ModelError`` as SageMaker reports it (424, no
+    original status); one that cannot be reached at all is ``ServiceUnavailable`` (503)."""
+    import aiohttp
+
+    if timeout <= 0:  # aiohttp reads 0 or less as "no timeout"
+        raise FrontError(424, "ModelError", f"Your invocation timed out while waiting for a response from {what}. "
+                         "Review the endpoint's log.")
+    try:
+        async with session.post(url, data=body, headers=dict(headers),
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
+            data = await answer.read()
+            return Reply(answer.status, data, returned_headers(answer.headers))
+    except asyncio.TimeoutError as e:
+        raise FrontError(424, "ModelError", f"Your invocation timed out while waiting for a response from "
+                         f"{what}. Review the endpoint's log.") from e
+    except aiohttp.ClientError as e:
+        raise FrontError(503, "ServiceUnavailable", f"{what} cannot be reached: {e}") from e
+
+
+def error_payload(error: FrontError) -> bytes:
+    """The error body: ``Message`` (the member botocore's ``ModelError``/``ValidationError`` shapes name) and the
+    error's other members."""
+    return json.dumps({"Message": error.message, **error.fields}).encode("utf-8")
+
+
+def model_error(reply: Reply, endpoint_name: str, region: str = LOCAL_REGION) -> FrontError:
+    """InvokeEndpoint's ``ModelError`` (424) for a container's non-2xx ``reply``."""
+    from smbyoc.emulator.runtime_client import model_error_message
+
+    message = reply.body.decode("utf-8", "replace")
+    return FrontError(424, "ModelError", model_error_message(reply.status, message, reply.container or "primary"),
+                      OriginalStatusCode=reply.status, OriginalMessage=message,
+                      LogStreamArn=f"arn:aws:logs:{region}:{LOCAL_ACCOUNT}:log-group:/aws/sagemaker/Endpoints/"
+                                   f"{endpoint_name}")
+
+
+class Front:
+    """The HTTP front of one endpoint. ``start()`` returns once it listens; ``stop()`` ends it."""
+
+    def __init__(self, router: Router, *, host: str = "127.0.0.1", port: int = 8080,
+                 max_body: int = MAX_BODY_BYTES, enforce_limits: bool = True,
+                 endpoint_name: str = "local-endpoint", variant_name: str = DEFAULT_VARIANT,
+                 async_invocations: AsyncInvocations | None = None, control: Control | None = None) -> None:
+        self.router = router
+        self.control = control
+        self.async_invocations = async_invocations
+        self.endpoint_name = endpoint_name
+        self.variant_name = variant_name
+        self.host = host
+        self.port = port
+        self.max_body = max_body
+        self.enforce_limits = enforce_limits
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Listen on ``host:port`` (raises :class:`ServingError` when that fails)."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(ready, failure), name="endpoint-front",
+                                        daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            error = failure[0]
+            if isinstance(error, OSError):
+                raise ServingError(f"the endpoint front cannot listen on {self.host}:{self.port}: "
+                                   f"{error.strerror or error}") from error
+            raise error
+
+    def stop(self) -> None:
+        loop, stopped, thread = self._loop, self._stopped, self._thread
+        if loop is None or stopped is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            loop.call_soon_threadsafe(stopped.set)
+        thread.join(30)
+        self._thread = None
+
+    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(ready, failure))
+        except BaseException as e:  # pragma: no cover - _serve reports its own failures
+            if not ready.is_set():
+                failure.append(e)
+                ready.set()
+            log.exception("endpoint front stopped")
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        import aiohttp
+        from aiohttp import web
+
+        self._stopped = asyncio.Event()
+        app = web.Application(client_max_size=self.max_body + 1 if self.enforce_limits else 1 << 40)
+        app.router.add_get("/ping", self._ping)
+        app.router.add_post("/invocations", self._invocations)
+        app.router.add_post("/endpoints/{name}/invocations", self._runtime_invocations)
+        app.router.add_post("/endpoints/{name}/async-invocations", self._async_invocations)
+        app.router.add_get("/_smbyoc/endpoints/{name}", self._describe)
+        app.router.add_post("/_smbyoc/endpoints/{name}/weights", self._update_weights)
+        connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                        skip_auto_headers=("User-Agent", "Content-Type"))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        try:
+            await self.router.open(session)
+            if self.async_invocations is not None:
+                await self.async_invocations.open(session)
+            await runner.setup()
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=1024)
+            await site.start()
+        except BaseException as e:
+            failure.append(e)
+            ready.set()
+            await runner.cleanup()
+            await self._close_handlers()
+            await session.close()
+            return
+        ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            await runner.cleanup()
+            await self._close_handlers()
+            await session.close()
+
+    async def _close_handlers(self) -> None:
+        try:
+            if self.async_invocations is not None:
+                await self.async_invocations.close()
+        finally:
+            await self.router.close()
+
+    # ------------------------------------------------------------------------------------ handlers
+    async def _ping(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.Response(body=b'{"status": "Healthy"}', content_type="application/json")
+
+    async def _invocations(self, request: Any) -> Any:
+        """``POST /invocations``: the container's route, its answer passed back whatever its status."""
+        return await self._answer(request, runtime_api=False)
+
+    async def _runtime_invocations(self, request: Any) -> Any:
+        """``POST /endpoints/{name}/invocations``: the SageMaker Runtime API's InvokeEndpoint (boto3's
+        ``sagemaker-runtime`` client with ``endpoint_url``); a container's non-2xx answer is ``ModelError``."""
+        name = request.match_info["name"]
+        if name != self.endpoint_name:
+            return self.error_response(validation_error(
+                f"Endpoint {name} of account {LOCAL_ACCOUNT} not found. (This front serves {self.endpoint_name}.)"))
+        return await self._answer(request, runtime_api=True)
+
+    def _controlled(self, request: Any) -> Control:
+        """The control object, when the request names this endpoint and carries its token."""
+        import hmac
+
+        name = request.match_info["name"]
+        if self.control is None or name != self.endpoint_name:
+            raise validation_error(f"Could not find endpoint \"{name}\".")
+        given = request.headers.get(CONTROL_TOKEN_HEADER, "")
+        if not hmac.compare_digest(given.encode(), self.control.token.encode()):
+            raise FrontError(403, "AccessDeniedException", f"{CONTROL_TOKEN_HEADER} is missing or wrong")
+        return self.control
+
+    async def _describe(self, request: Any) -> Any:
+        from aiohttp import web
+
+        try:
+            answer = self._controlled(request).describe()
+        except FrontError as e:
+            return self.error_response(e)
+        return web.json_response(answer)
+
+    async def _update_weights(self, request: Any) -> Any:
+        from aiohttp import web
+
+        try:
+            control = self._controlled(request)
+            try:
+                payload = json.loads(await request.read())
+                desired = payload["DesiredWeightsAndCapacities"]
+                if not isinstance(desired, list) or not desired:
+                    raise TypeError
+            except (ValueError, KeyError, TypeError) as e:
+                raise validation_error("expected {\"DesiredWeightsAndCapacities\": [{\"VariantName\": ..., "
+                                       "\"DesiredWeight\": ...}, ...]}") from e
+            control.update_weights(desired)
+        except FrontError as e:
+            return self.error_response(e)
+        return web.json_response({"EndpointArn": f"arn:aws:sagemaker:{LOCAL_REGION}:{LOCAL_ACCOUNT}:endpoint/"
+                                                 f"{self.endpoint_name}"})
+
+    async def _async_invocations(self, request: Any) -> Any:
+        """``POST /endpoints/{name}/async-invocations``: InvokeEndpointAsync, on an endpoint with an
+        AsyncInferenceConfig only."""
+        from aiohttp import web
+
+        name = request.match_info["name"]
+        if name != self.endpoint_name:
+            return self.error_response(validation_error(
+                f"Endpoint {name} of account {LOCAL_ACCOUNT} not found. (This front serves {self.endpoint_name}.)"))
+        if self.async_invocations is None:
+            return self.error_response(validation_error(
+                f"Endpoint {name} is not an asynchronous endpoint (it has no AsyncInferenceConfig); use "
+                "InvokeEndpoint."))
+        try:
+            body = await request.read()
+            reply = await self.async_invocations.submit(request.headers, body)
+        except web.HTTPRequestEntityTooLarge:
+            return self.error_response(validation_error("the request body is over the front's limit"))
+        except FrontError as e:
+            return self.error_response(e)
+        except Exception as e:
+            log.exception("the endpoint front failed an asynchronous invocation")
+            return self.error_response(FrontError(500, "InternalFailure", f"{type(e).__name__}: {e}"))
+        return web.Response(status=reply.status, body=reply.body, headers=dict(reply.headers))
+
+    async def _answer(self, request: Any, *, runtime_api: bool) -> Any:
+        from aiohttp import web
+
+        try:
+            if self.enforce_limits and (request.content_length or 0) > self.max_body:
+                too_large = FrontError(413, "ValidationError", f"the request body has {request.content_length:,} "
+                                       f"bytes; the limit is {self.max_body:,} (6 MB)")
+                return await self._refuse_body(request, too_large)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge as e:
+                raise FrontError(413, "ValidationError", f"the request body is over the limit of "
+                                 f"{self.max_body:,} bytes (6 MB)") from e
+            call = Call(body, forwarded_headers(request.headers))
+            reply = await self.router.invoke(call)
+        except FrontError as e:
+            return self.error_response(e)
+        except Exception as e:
+            log.exception("the endpoint front failed an invocation")
+            return self.error_response(FrontError(500, "InternalFailure", f"{type(e).__name__}: {e}"))
+        if self.enforce_limits and reply.ok and len(reply.body) > MAX_BODY_BYTES:
+            return self.error_response(FrontError(
+                424, "ModelError", f"the model's response has {len(reply.body):,} bytes; the limit is "
+                f"{MAX_BODY_BYTES:,} (6 MB)", OriginalStatusCode=reply.status))
+        headers = dict(reply.headers)
+        if runtime_api:
+            if not reply.ok:
+                return self.error_response(model_error(reply, self.endpoint_name))
+            headers[VARIANT_HEADER] = reply.variant or self.variant_name
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
+
+    async def _refuse_body(self, request: Any, error: FrontError) -> Any:
+        """Answer ``error`` to a request whose body is too large: a body up to :data:`DRAIN_LIMIT` is read and
+        dropped first (so that a client still sending gets the answer, not a reset), a larger one closes the
+        connection after the answer."""
+        response = self.error_response(error)
+        if (request.content_length or 0) <= DRAIN_LIMIT:
+            while await request.content.readany():
+                pass
+        else:
+            response.force_close()
+        return response
+
+    @staticmethod
+    def error_response(error: FrontError) -> Any:
+        from aiohttp import web
+
+        return web.Response(status=error.status, body=error_payload(error),
+                            headers={"Content-Type": "application/json", ERROR_TYPE_HEADER: error.code})

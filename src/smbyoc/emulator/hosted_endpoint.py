@@ -1,0 +1,316 @@
+"""An endpoint as SageMaker hosts it, from an endpoint configuration (CreateModel + CreateEndpointConfig):
+``smbyoc local-serve --endpoint-config FILE``.
+
+Every production and shadow variant gets ``InitialInstanceCount`` instances; an instance is whatever the variant's
+model needs on one machine: one container, one multi-model container with its loader
+(:mod:`smbyoc.emulator.multi_model`) or 2-15 containers in one network namespace
+(:mod:`smbyoc.emulator.multi_container`). Instances start in parallel (as SageMaker starts them) and each must
+pass ``/ping`` within its variant's ``ContainerStartupHealthCheckTimeoutInSeconds``. One front on the endpoint's
+port then routes between them (:mod:`smbyoc.emulator.variants`), captures data when ``DataCaptureConfig`` says so
+and answers ``smbyoc endpoint describe`` / ``update-weights`` through its control routes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import random
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smbyoc.emulator import jobs
+from smbyoc.emulator.endpoint import (
+    DEFAULT_STARTUP_HEALTH_TIMEOUT,
+    DockerEndpoint,
+    Endpoint,
+    EndpointSpec,
+    LineSink,
+    ProcessEndpoint,
+    _print_line,
+    _Tail,
+)
+from smbyoc.emulator.endpoint_config import Container, EndpointDefinition, Model
+from smbyoc.emulator.endpoint_config import Variant as VariantDefinition
+from smbyoc.emulator.front import INVOCATION_TIMEOUT, Call, Front, FrontError, Reply, post, validation_error
+from smbyoc.emulator.variants import LEAST_OUTSTANDING, EndpointRouter, Instance, Variant
+from smbyoc.errors import ConfigError, ServingError
+
+log = logging.getLogger(__name__)
+
+
+class ContainerRouter:
+    """The router of a one-container instance: ``POST /invocations`` on the container."""
+
+    def __init__(self, url: str, timeout: float = INVOCATION_TIMEOUT) -> None:
+        self.url = url.rstrip("/") + "/invocations"
+        self.timeout = timeout
+        self._session: Any = None
+
+    async def open(self, session: Any) -> None:
+        self._session = session
+
+    async def invoke(self, call: Call) -> Reply:
+        return await post(self._session, self.url, call.body, call.headers, timeout=self.timeout)
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class HostingOptions:
+    """How the emulator runs the endpoint's containers (not part of the endpoint configuration)."""
+
+    mode: str = "docker"
+    port: int = 8080
+    bind_address: str = "127.0.0.1"
+    user: str | None = None
+    require_nginx: bool = False
+    #: Seeds the traffic split, shadow sampling and capture sampling (None: not reproducible).
+    seed: int | None = None
+    #: Extra environment for every container (``--env``), under each container's own Environment.
+    environment: tuple[tuple[str, str], ...] = ()
+
+
+class HostedEndpoint:
+    """An endpoint from an :class:`~smbyoc.emulator.endpoint_config.EndpointDefinition`; the surface ``local-serve``
+    uses: ``start()``, ``url``, ``tail``, ``_exit_reason()``, ``close()``."""
+
+    kind = "endpoint"
+
+    def __init__(self, definition: EndpointDefinition, options: HostingOptions, *, client: Any = None,
+                 sink: LineSink | None = _print_line) -> None:
+        if options.mode == "docker" and client is None:
+            raise ConfigError("docker mode needs a Docker client", key="client")
+        if definition.is_async or definition.is_serverless:
+            feature = "AsyncInferenceConfig" if definition.is_async else "ServerlessConfig"
+            raise ConfigError("not served by this version of local-serve yet", key=f"{definition.source}: {feature}")
+        self.definition = definition
+        self.options = options
+        self.client = client
+        self.tail = _Tail(sink)
+        self.rng = random.Random(options.seed)  # noqa: S311 - traffic splitting, not cryptography
+        self.root = Path(tempfile.mkdtemp(prefix=f"smbyoc-{definition.endpoint_name}-"))
+        self.control_token = secrets.token_urlsafe(24)
+        self.instances: list[Instance] = []
+        self.router: EndpointRouter | None = None
+        self.capture: Any = None
+        self.front: Front | None = None
+        self.startup_seconds: float | None = None
+        self._closed = False
+        jobs.register(jobs.ENDPOINT, self.root.name, mode=f"{options.mode} endpoint", tree=str(self.root),
+                      url=self.url, endpoint_name=definition.endpoint_name, control_token=self.control_token)
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.options.bind_address in ("0.0.0.0", "") else self.options.bind_address
+        return f"http://{host}:{self.options.port}"
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def start(self) -> float:
+        import time
+
+        started = time.monotonic()
+        try:
+            plan = [(variant, index) for variant in (*self.definition.production_variants,
+                                                     *self.definition.shadow_variants)
+                    for index in range(variant.initial_instance_count or 1)]
+            built: dict[str, list[Instance]] = {}
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(plan))) as pool:
+                futures = {pool.submit(self._start_instance, variant, index): variant for variant, index in plan}
+                errors: list[BaseException] = []
+                for future in concurrent.futures.as_completed(futures):
+                    try:
+                        instance = future.result()
+                    except BaseException as e:
+                        errors.append(e)
+                        continue
+                    self.instances.append(instance)
+                    built.setdefault(futures[future].name, []).append(instance)
+                if errors:
+                    raise errors[0]
+            self.router = self._router(built)
+            self.front = Front(self.router, host=self.options.bind_address, port=self.options.port,
+                               endpoint_name=self.definition.endpoint_name,
+                               variant_name=self.definition.production_variants[0].name, control=self)
+            self.front.start()
+        except BaseException:
+            self.close()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        return self.startup_seconds
+
+    def _router(self, built: dict[str, list[Instance]]) -> EndpointRouter:
+        def variant(definition: VariantDefinition) -> Variant:
+            instances = sorted(built[definition.name], key=lambda i: i.name)
+            return Variant(definition.name, instances, definition.initial_weight,
+                           routing=definition.routing_strategy or LEAST_OUTSTANDING, rng=self.rng)
+
+        production = [variant(v) for v in self.definition.production_variants]
+        shadow = variant(self.definition.shadow_variants[0]) if self.definition.shadow_variants else None
+        if self.definition.data_capture is not None:
+            from smbyoc.emulator.capture import CaptureWriter, DataCaptureConfig
+
+            config = DataCaptureConfig.from_request(self.definition.data_capture)
+            self.capture = CaptureWriter(config, self.definition.endpoint_name, seed=self.options.seed)
+        return EndpointRouter(production, shadow=shadow, capture=self.capture, rng=self.rng)
+
+    def _start_instance(self, variant: VariantDefinition, index: int) -> Instance:
+        model = self.definition.model_of(variant)
+        name = f"{variant.name}-{index + 1}"
+        prefix = f"{variant.name}/{index + 1} | "
+
+        def sink(line: str) -> None:
+            self.tail(prefix + line)
+
+        timeout = float(variant.container_startup_health_check_timeout or DEFAULT_STARTUP_HEALTH_TIMEOUT)
+        instance_type = variant.instance_type or "local"
+        if len(model.containers) > 1:
+            return self._pipeline_instance(name, model, instance_type, timeout, sink)
+        container = model.containers[0]
+        if model.is_multi_model:
+            return self._multi_model_instance(name, container, instance_type, timeout, sink)
+        spec = EndpointSpec(container.model_data, port=free_port(), environment=self._environment(container),
+                            startup_health_timeout=timeout, instance_type=instance_type,
+                            name_prefix=f"smbyoc-{self.definition.endpoint_name}-{name}")
+        handle: Endpoint
+        if self.options.mode == "process":
+            handle = ProcessEndpoint(spec, sink, require_nginx=self.options.require_nginx)
+        else:
+            handle = DockerEndpoint(spec, self.client, container.image, sink, user=self.options.user)
+        self._start_handle(name, handle.start, handle.close)
+        return Instance(name, ContainerRouter(handle.url), handle)
+
+    def _multi_model_instance(self, name: str, container: Container, instance_type: str, timeout: float,
+                              sink: Callable[[str], None]) -> Instance:
+        from smbyoc.emulator.multi_model import MultiModelEndpoint, MultiModelSpec
+
+        if container.model_data is None:
+            raise ConfigError("a MultiModel container needs ModelDataUrl (the model prefix)", key=name)
+        spec = MultiModelSpec(EndpointSpec(None, port=free_port(), environment=self._environment(container),
+                                           startup_health_timeout=timeout, instance_type=instance_type,
+                                           name_prefix=f"smbyoc-{self.definition.endpoint_name}-{name}"),
+                              container.model_data)
+        docker = self.options.mode == "docker"
+        handle = MultiModelEndpoint(spec, client=self.client if docker else None,
+                                    image=container.image if docker else None, sink=sink, user=self.options.user,
+                                    require_nginx=self.options.require_nginx)
+        self._start_handle(name, lambda: handle.start(with_front=False), handle.close)
+        return Instance(name, handle.router, handle)
+
+    def _pipeline_instance(self, name: str, model: Model, instance_type: str, timeout: float,
+                           sink: Callable[[str], None]) -> Instance:
+        from smbyoc.emulator.multi_container import ContainerSpec, MultiContainerEndpoint, MultiContainerSpec
+
+        docker = self.options.mode == "docker"
+        members = tuple(ContainerSpec(image=c.image if docker else None, model_data=c.model_data,
+                                      hostname=c.hostname, environment=self._environment(c))
+                        for c in model.containers)
+        spec = MultiContainerSpec(members, execution_mode=model.mode, backend=self.options.mode, port=free_port(),
+                                  startup_health_timeout=timeout, instance_type=instance_type,
+                                  name_prefix=f"smbyoc-{self.definition.endpoint_name}-{name}")
+        handle = MultiContainerEndpoint(spec, client=self.client if docker else None, user=self.options.user,
+                                        require_nginx=self.options.require_nginx, sink=sink)
+        self._start_handle(name, lambda: handle.start(with_front=False), handle.close)
+        return Instance(name, handle.router, handle)
+
+    def _start_handle(self, name: str, start: Callable[[], float], close: Callable[[], None]) -> None:
+        try:
+            seconds = start()
+        except ServingError as e:
+            raise ServingError(f"instance {name} did not start: {e}") from e
+        except BaseException:
+            with contextlib.suppress(Exception):
+                close()
+            raise
+        log.info("instance %s is healthy (%.2f s)", name, seconds)
+
+    def _environment(self, container: Container) -> dict[str, str]:
+        return {**dict(self.options.environment), **container.environment}
+
+    def _exit_reason(self) -> str | None:
+        for instance in self.instances:
+            why = instance.exit_reason()
+            if why is not None:
+                return why
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.front is not None:
+                self.front.stop()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, len(self.instances)))) as pool:
+                for future in [pool.submit(i.handle.close) for i in self.instances]:
+                    try:
+                        future.result()
+                    except Exception as e:
+                        log.warning("could not stop an instance: %s", e)
+            if self.capture is not None:
+                self.capture.close()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+            jobs.unregister(jobs.ENDPOINT, self.root.name)
+
+    def __enter__(self) -> HostedEndpoint:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------ control (front)
+    @property
+    def token(self) -> str:
+        return self.control_token
+
+    def describe(self) -> dict[str, Any]:
+        """DescribeEndpoint's answer (``EndpointName``, ``EndpointStatus``, variants with statistics)."""
+        assert self.router is not None
+        answer: dict[str, Any] = {"EndpointName": self.definition.endpoint_name,
+                                  "EndpointConfigName": self.definition.endpoint_config_name,
+                                  "EndpointStatus": "InService" if self._exit_reason() is None else "Failed",
+                                  **self.router.describe()}
+        if self.capture is not None:
+            answer["DataCaptureConfig"] = self.capture.describe()
+        return answer
+
+    def update_weights(self, desired: list[dict[str, Any]]) -> None:
+        """UpdateEndpointWeightsAndCapacities: new weights at once; instance counts cannot change here."""
+        assert self.router is not None
+        weights: dict[str, float] = {}
+        for position, entry in enumerate(desired):
+            where = f"DesiredWeightsAndCapacities[{position}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("VariantName"), str):
+                raise validation_error(f"{where}.VariantName is required")
+            unknown = set(entry) - {"VariantName", "DesiredWeight", "DesiredInstanceCount"}
+            if unknown:
+                raise validation_error(f"{where}: unknown field {sorted(unknown)[0]}")
+            name = entry["VariantName"]
+            if "DesiredInstanceCount" in entry:
+                current = next((len(v.instances) for v in self.router.production if v.name == name), None)
+                if entry["DesiredInstanceCount"] != current:
+                    raise FrontError(400, "ValidationError", f"{where}.DesiredInstanceCount: changing the instance "
+                                     "count of a running local endpoint is not emulated; restart it with a new "
+                                     "InitialInstanceCount")
+            if "DesiredWeight" in entry:
+                weight = entry["DesiredWeight"]
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                    raise validation_error(f"{where}.DesiredWeight must be a number")
+                weights[name] = float(weight)
+        self.router.update_weights(weights)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

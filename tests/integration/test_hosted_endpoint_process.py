@@ -1,0 +1,174 @@
+"""`local-serve --endpoint-config` in process mode: production variants with a weighted split (checked
+statistically), TargetVariant, update-weights while running, a shadow variant that gets copies and never answers,
+data capture read back field by field, all through unmodified boto3 and the `smbyoc endpoint` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import free_port
+from mme_support import write_handler_model
+from smbyoc.emulator.endpoint_config import parse_endpoint_config
+from smbyoc.emulator.hosted_endpoint import HostedEndpoint, HostingOptions
+
+pytestmark = pytest.mark.integration
+
+SMBYOC = [sys.executable, "-m", "smbyoc.cli"]
+
+
+def model(name: str, path: Path) -> dict[str, Any]:
+    return {"ModelName": name, "PrimaryContainer": {"Image": "smbyoc/serve:cpu", "ModelDataUrl": str(path),
+                                                    "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}}}
+
+
+def variant(name: str, model_name: str, weight: float = 1.0, count: int = 1) -> dict[str, Any]:
+    return {"VariantName": name, "ModelName": model_name, "InstanceType": "ml.m5.large",
+            "InitialInstanceCount": count, "InitialVariantWeight": weight}
+
+
+def capture_config(dest: Path) -> dict[str, Any]:
+    return {"EnableCapture": True, "InitialSamplingPercentage": 100, "DestinationS3Uri": str(dest),
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def start(document: dict[str, Any], tmp: Path, seed: int = 7) -> HostedEndpoint:
+    definition = parse_endpoint_config(document, source=str(tmp / "endpoint.json"), base_dir=tmp)
+    endpoint = HostedEndpoint(definition, HostingOptions(mode="process", port=free_port(), seed=seed),
+                              sink=lambda line: None)
+    endpoint.start()
+    return endpoint
+
+
+@pytest.fixture
+def two_variants(tmp_path: Path, nginx_on_path: str, aws_env: None) -> Iterator[tuple[HostedEndpoint, Path]]:
+    write_handler_model(tmp_path / "blue.tar.gz", "blue", 1.0, 0.0)
+    write_handler_model(tmp_path / "green.tar.gz", "green", 10.0, 0.0)
+    document = {
+        "EndpointName": "split",
+        "Models": [model("blue", tmp_path / "blue.tar.gz"), model("green", tmp_path / "green.tar.gz")],
+        "EndpointConfig": {"EndpointConfigName": "split-config",
+                           "ProductionVariants": [variant("Blue", "blue", 1.0), variant("Green", "green", 3.0, 2)],
+                           "DataCaptureConfig": capture_config(tmp_path / "capture")},
+    }
+    endpoint = start(document, tmp_path)
+    yield endpoint, tmp_path
+    endpoint.close()
+
+
+def invoke(client: Any, **extra: Any) -> dict[str, Any]:
+    answer = client.invoke_endpoint(EndpointName="split", Body=b"[1]", ContentType="application/json", **extra)
+    return {"variant": answer["InvokedProductionVariant"], "body": json.loads(answer["Body"].read())}
+
+
+def test_weighted_split_target_variant_and_update_weights(two_variants: tuple[HostedEndpoint, Path]) -> None:
+    import boto3
+
+    endpoint, tmp = two_variants
+    client = boto3.client("sagemaker-runtime", endpoint_url=endpoint.url)
+    answers = [invoke(client, InferenceId=f"req-{i}") for i in range(400)]
+    counts = Counter(a["variant"] for a in answers)
+    # 400 draws at 1:3: Blue ~ Binomial(400, 0.25), mean 100, sd 8.7; ±4 sd
+    assert 65 <= counts["Blue"] <= 135, counts
+    assert counts["Blue"] + counts["Green"] == 400
+    for a in answers:  # each answer came from its variant's own model
+        assert a["body"]["code"] == a["variant"].lower()
+    assert {invoke(client, TargetVariant="Blue")["variant"] for _ in range(20)} == {"Blue"}
+    with pytest.raises(client.exceptions.ValidationError, match="TargetVariant Nope does not exist"):
+        invoke(client, TargetVariant="Nope")
+
+    # both Green instances served (least outstanding requests, ties in turn)
+    described = json.loads(subprocess.run([*SMBYOC, "endpoint", "describe", "split"], capture_output=True,
+                                          text=True, check=True, env=os.environ).stdout)
+    green = next(v for v in described["ProductionVariants"] if v["VariantName"] == "Green")
+    assert green["CurrentInstanceCount"] == 2 and green["CurrentWeight"] == 3.0
+    assert green["Statistics"]["Invocations"] == counts["Green"]
+
+    result = subprocess.run([*SMBYOC, "endpoint", "update-weights", "split", "Blue=1", "Green=0"],
+                            capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0, result.stderr
+    assert {invoke(client)["variant"] for _ in range(50)} == {"Blue"}
+    refused = subprocess.run([*SMBYOC, "endpoint", "update-weights", "split", "Blue=0", "Green=0"],
+                             capture_output=True, text=True, env=os.environ)
+    assert refused.returncode != 0 and "At least one production variant" in refused.stderr
+    missing = subprocess.run([*SMBYOC, "endpoint", "update-weights", "nope", "Blue=1"], capture_output=True,
+                             text=True, env=os.environ)
+    assert missing.returncode != 0 and "no running endpoint" in missing.stderr
+
+    # capture: one record per call, per variant, read back field by field
+    endpoint.capture.flush(10)
+    records = [json.loads(line) for path in (tmp / "capture" / "split").rglob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert len(records) == 400 + 20 + 50
+    first = next(r for r in records if r["eventMetadata"].get("inferenceId") == "req-0")
+    assert first["captureData"]["endpointInput"] == {"observedContentType": "application/json", "mode": "INPUT",
+                                                     "data": "[1]", "encoding": "JSON"}
+    output = first["captureData"]["endpointOutput"]
+    assert output["mode"] == "OUTPUT" and output["encoding"] == "JSON"
+    assert json.loads(output["data"])["code"] in ("blue", "green")
+    assert first["eventVersion"] == "0"
+    variants = {p.relative_to(tmp / "capture" / "split").parts[0] for p in (tmp / "capture" / "split").rglob("*.jsonl")}
+    assert variants == {"Blue", "Green"}
+
+
+def test_shadow_gets_copies_and_never_answers(tmp_path: Path, nginx_on_path: str, aws_env: None) -> None:
+    import boto3
+
+    write_handler_model(tmp_path / "prod.tar.gz", "prod", 1.0, 0.0)
+    write_handler_model(tmp_path / "candidate.tar.gz", "candidate", 2.0, 0.0)
+    document = {
+        "EndpointName": "shadowed",
+        "Models": [model("prod", tmp_path / "prod.tar.gz"), model("candidate", tmp_path / "candidate.tar.gz")],
+        "EndpointConfig": {"EndpointConfigName": "shadowed-config",
+                           "ProductionVariants": [variant("Production", "prod")],
+                           "ShadowProductionVariants": [variant("Shadow", "candidate")],
+                           "DataCaptureConfig": capture_config(tmp_path / "capture")},
+    }
+    endpoint = start(document, tmp_path)
+    try:
+        client = boto3.client("sagemaker-runtime", endpoint_url=endpoint.url)
+        for i in range(30):
+            answer = client.invoke_endpoint(EndpointName="shadowed", Body=b"[3]", ContentType="application/json",
+                                            InferenceId=f"id-{i}")
+            assert answer["InvokedProductionVariant"] == "Production"
+            assert json.loads(answer["Body"].read()) == {"code": "prod", "prediction": [3.0]}
+        with pytest.raises(client.exceptions.ValidationError):
+            client.invoke_endpoint(EndpointName="shadowed", Body=b"[3]", TargetVariant="Shadow")
+        deadline = time.monotonic() + 20
+        assert endpoint.router is not None
+        while endpoint.router.shadow_stats.sent < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert endpoint.router.shadow_stats.sent == 30 and endpoint.router.shadow_stats.dropped == 0
+        endpoint.capture.flush(10)
+        records: dict[str, dict[str, Any]] = {}
+        for path in (tmp_path / "capture" / "shadowed").rglob("*.jsonl"):
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                variant_name = path.relative_to(tmp_path / "capture" / "shadowed").parts[0]
+                records[f"{variant_name}/{record['eventMetadata']['inferenceId']}"] = record
+        for i in range(30):  # the candidate's answer to the same request, beside production's
+            prod = json.loads(records[f"Production/id-{i}"]["captureData"]["endpointOutput"]["data"])
+            shadow = json.loads(records[f"Shadow/id-{i}"]["captureData"]["endpointOutput"]["data"])
+            assert prod == {"code": "prod", "prediction": [3.0]}
+            assert shadow == {"code": "candidate", "prediction": [6.0]}
+        described = endpoint.describe()
+        assert described["ShadowProductionVariants"][0]["Statistics"]["Invocations"] == 30
+    finally:
+        endpoint.close()
