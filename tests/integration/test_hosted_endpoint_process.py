@@ -172,3 +172,66 @@ def test_shadow_gets_copies_and_never_answers(tmp_path: Path, nginx_on_path: str
         assert described["ShadowProductionVariants"][0]["Statistics"]["Invocations"] == 30
     finally:
         endpoint.close()
+
+
+def test_sagemaker_sdk_predictor(two_variants: tuple[HostedEndpoint, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SageMaker Python SDK's own Predictor, given a runtime client pointed at the front, unchanged."""
+    import warnings
+
+    import boto3
+
+    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sagemaker.deserializers import JSONDeserializer
+        from sagemaker.predictor import Predictor
+        from sagemaker.serializers import JSONSerializer
+        from sagemaker.session import Session
+
+    endpoint, _ = two_variants
+    boto_session = boto3.Session(region_name="us-east-1")
+    session = Session(boto_session=boto_session,
+                      sagemaker_runtime_client=boto_session.client("sagemaker-runtime", endpoint_url=endpoint.url))
+    predictor = Predictor("split", sagemaker_session=session, serializer=JSONSerializer(),
+                          deserializer=JSONDeserializer())
+    assert predictor.predict([2, 3], target_variant="Green") == {"code": "green", "prediction": [20.0, 30.0]}
+    assert predictor.predict([2], target_variant="Blue", inference_id="sdk-1") == {"code": "blue",
+                                                                                  "prediction": [2.0]}
+    assert predictor.predict([1])["code"] in ("blue", "green")
+
+
+def test_serverless_variant_from_the_config(tmp_path: Path, nginx_on_path: str, aws_env: None) -> None:
+    import boto3
+
+    write_handler_model(tmp_path / "m.tar.gz", "sls", 3.0, 0.0)
+    document = {
+        "EndpointName": "sls",
+        "Models": [model("m", tmp_path / "m.tar.gz")],
+        "EndpointConfig": {"EndpointConfigName": "sls-config", "ProductionVariants": [
+            {"VariantName": "AllTraffic", "ModelName": "m",
+             "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 2}}]},
+    }
+    definition = parse_endpoint_config(document, source=str(tmp_path / "endpoint.json"), base_dir=tmp_path)
+    endpoint = HostedEndpoint(definition, HostingOptions(mode="process", port=free_port(), seed=1,
+                                                         serverless_idle_timeout=1.0), sink=lambda line: None)
+    endpoint.start()
+    try:
+        client = boto3.client("sagemaker-runtime", endpoint_url=endpoint.url)
+        first = client.invoke_endpoint(EndpointName="sls", Body=b"[2]", ContentType="application/json")
+        assert json.loads(first["Body"].read()) == {"code": "sls", "prediction": [6.0]}
+        setup = first["ResponseMetadata"]["HTTPHeaders"]["x-smbyoc-model-setup-time-ms"]
+        assert float(setup) > 0  # a cold start: the instance started for this call
+        second = client.invoke_endpoint(EndpointName="sls", Body=b"[2]", ContentType="application/json")
+        assert "x-smbyoc-model-setup-time-ms" not in second["ResponseMetadata"]["HTTPHeaders"]
+        deadline = time.monotonic() + 20
+        statistics: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            statistics = endpoint.describe()["ProductionVariants"][0]["Statistics"]
+            if statistics["IdleStops"] >= 1:
+                break
+            time.sleep(0.2)
+        assert statistics["IdleStops"] == 1 and statistics["CurrentInstances"] == 0, statistics
+        third = client.invoke_endpoint(EndpointName="sls", Body=b"[1]", ContentType="application/json")
+        assert "x-smbyoc-model-setup-time-ms" in third["ResponseMetadata"]["HTTPHeaders"]
+    finally:
+        endpoint.close()

@@ -412,7 +412,7 @@ def test_serial_refuses_a_target_container_hostname(servers, front_of) -> None:
     url = front_of(SerialRouter([target(servers, "a"), target(servers, "b")]))
     status, headers, body = post(url, b"x", {**CLIENT, "X-Amzn-SageMaker-Target-Container-Hostname": "a"})
     assert (status, headers["X-Amzn-ErrorType"]) == (400, "ValidationError")
-    assert "only for an endpoint configured for direct invocation" in json.loads(body)["message"]
+    assert "only for an endpoint configured for direct invocation" in json.loads(body)["Message"]
     assert servers["a"].seen == []
 
 
@@ -421,11 +421,11 @@ def test_serial_unreachable_and_too_slow_containers(servers, front_of) -> None:
     url = front_of(SerialRouter([target(servers, "a"), gone]))
     status, headers, body = post(url, b"x", CLIENT)
     assert (status, headers["X-Amzn-ErrorType"]) == (503, "ServiceUnavailable")
-    assert "container gone cannot be reached" in json.loads(body)["message"]
+    assert "container gone cannot be reached" in json.loads(body)["Message"]
     url = front_of(SerialRouter([target(servers, "a"), target(servers, "s")], timeout=0.5))
     status, headers, body = post(url, b"x", CLIENT)
     assert (status, headers["X-Amzn-ErrorType"]) == (424, "ModelError")
-    assert "timed out while waiting for a response from container s" in json.loads(body)["message"]
+    assert "timed out while waiting for a response from container s" in json.loads(body)["Message"]
 
 
 def test_direct_routes_by_hostname(servers, front_of) -> None:
@@ -443,12 +443,12 @@ def test_direct_validation_errors(servers, front_of) -> None:
     url = front_of(DirectRouter([target(servers, "a"), target(servers, "b")]))
     status, headers, body = post(url, b"x", CLIENT)
     assert (status, headers["X-Amzn-ErrorType"]) == (400, "ValidationError")
-    assert json.loads(body)["message"] == (
+    assert json.loads(body)["Message"] == (
         "TargetContainerHostname (X-Amzn-SageMaker-Target-Container-Hostname) is required: this endpoint is "
         "configured for direct invocation (its containers: a, b)")
     status, headers, body = post(url, b"x", {**CLIENT, "X-Amzn-SageMaker-Target-Container-Hostname": "zz"})
     assert (status, headers["X-Amzn-ErrorType"]) == (400, "ValidationError")
-    assert json.loads(body)["message"] == ("TargetContainerHostname 'zz' does not exist in the endpoint "
+    assert json.loads(body)["Message"] == ("TargetContainerHostname 'zz' does not exist in the endpoint "
                                            "(its containers: a, b)")
     status, headers, _ = post(url, b"x", {**CLIENT, "X-Amzn-SageMaker-Target-Container-Hostname": "x" * 64})
     assert (status, headers["X-Amzn-ErrorType"]) == (400, "ValidationError")

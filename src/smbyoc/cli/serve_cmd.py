@@ -71,13 +71,16 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
               help="With --endpoint-config: the endpoint's name (default: the file's EndpointName, else its "
                    "EndpointConfigName).")
 @click.option("--seed", type=int, help="With --endpoint-config: seed the traffic split and the sampling.")
+@click.option("--serverless-idle-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="With --endpoint-config: seconds without a call before a serverless instance is stopped "
+                   "(scale to zero; SageMaker does not publish its own).")
 @library_errors
 def local_serve(
     mode: str, image: str | None, model_data: Path | None, port: int, bind_address: str,
     env_pairs: tuple[str, ...], startup_health_timeout: float, instance_type: str, user: str | None,
     ready_file: Path | None, require_nginx: bool, multi_model: Path | None, invocation_timeout: float,
     max_loaded_models: int, container_texts: tuple[str, ...], inference_execution_mode: str,
-    endpoint_config: Path | None, endpoint_name: str | None, seed: int | None,
+    endpoint_config: Path | None, endpoint_name: str | None, seed: int | None, serverless_idle_timeout: float,
 ) -> None:
     """Serve a model as a SageMaker endpoint until Ctrl-C (SIGTERM, then SIGKILL after 30 s).
 
@@ -115,7 +118,8 @@ def local_serve(
     endpoint: Endpoint | MultiModelEndpoint | MultiContainerEndpoint | HostedEndpoint
     try:
         if endpoint_config is not None:
-            endpoint = _hosted_endpoint(mode, spec, endpoint_config, endpoint_name, seed, user, require_nginx)
+            endpoint = _hosted_endpoint(mode, spec, endpoint_config, endpoint_name, seed, user, require_nginx,
+                                        serverless_idle_timeout)
         elif container_texts:
             endpoint = _multi_container_endpoint(mode, spec, container_texts, inference_execution_mode, user,
                                                  require_nginx)
@@ -188,7 +192,7 @@ def _with_model(spec: EndpointSpec, model: Path) -> EndpointSpec:
 
 
 def _hosted_endpoint(mode: str, spec: EndpointSpec, path: Path, name: str | None, seed: int | None,
-                     user: str | None, require_nginx: bool) -> HostedEndpoint:
+                     user: str | None, require_nginx: bool, serverless_idle_timeout: float) -> HostedEndpoint:
     from dataclasses import replace as with_name
 
     from smbyoc.emulator.endpoint_config import load_endpoint_config
@@ -198,7 +202,8 @@ def _hosted_endpoint(mode: str, spec: EndpointSpec, path: Path, name: str | None
     if name is not None:
         definition = with_name(definition, endpoint_name=name)
     options = HostingOptions(mode=mode, port=spec.port, bind_address=spec.bind_address, user=user,
-                             require_nginx=require_nginx, seed=seed, environment=tuple(spec.environment.items()))
+                             require_nginx=require_nginx, seed=seed, environment=tuple(spec.environment.items()),
+                             serverless_idle_timeout=serverless_idle_timeout)
     if mode == "process":
         if user is not None:
             raise ConfigError("only for --mode docker", key="--user")

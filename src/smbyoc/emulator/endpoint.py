@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from smbyoc import environment_variables as ev
 from smbyoc.archives import is_tar_archive, safe_extract
@@ -60,6 +60,18 @@ def prepare_model_dir(model_data: Path | None, target: Path) -> Path:
     return target
 
 
+class ContainerLimits(Protocol):
+    """What a container's ``docker run`` limits are made of: an
+    :class:`~smbyoc.emulator.instance_types.InstanceType`, or a serverless instance's limits
+    (:func:`smbyoc.emulator.serverless.serverless_limits`). None: no limit."""
+
+    @property
+    def vcpus(self) -> float | None: ...
+
+    @property
+    def memory_bytes(self) -> int | None: ...
+
+
 @dataclass(frozen=True)
 class EndpointSpec:
     model_data: Path | None
@@ -71,6 +83,9 @@ class EndpointSpec:
     stop_timeout: float = ENDPOINT_STOP_TIMEOUT
     #: Start of the temporary tree's, the record's and the container's names (a transform job: its host).
     name_prefix: str = "smbyoc-endpoint"
+    #: Limits that replace ``instance_type``'s in Docker mode (a serverless variant's memory and vCPUs); None: the
+    #: instance type's. A local process has no limits either way.
+    resources: ContainerLimits | None = None
 
     @property
     def url(self) -> str:
@@ -332,7 +347,7 @@ class DockerEndpoint(Endpoint):
         self.container: Any = None
 
     def container_args(self) -> dict[str, Any]:
-        instance = lookup(self.spec.instance_type)
+        instance = self.spec.resources if self.spec.resources is not None else lookup(self.spec.instance_type)
         name = f"{self.spec.name_prefix}-{containers.unique_suffix()}"
         args: dict[str, Any] = {
             "image": self.image,

@@ -40,6 +40,7 @@ from smbyoc.emulator.endpoint_config import Variant as VariantDefinition
 from smbyoc.emulator.front import INVOCATION_TIMEOUT, Call, Front, FrontError, Reply, post, validation_error
 from smbyoc.emulator.variants import LEAST_OUTSTANDING, EndpointRouter, Instance, Variant
 from smbyoc.errors import ConfigError, ServingError
+from smbyoc.serving.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class HostingOptions:
     seed: int | None = None
     #: Extra environment for every container (``--env``), under each container's own Environment.
     environment: tuple[tuple[str, str], ...] = ()
+    #: Serverless variants: seconds without a call after which an instance is stopped (scale to zero).
+    serverless_idle_timeout: float = 300.0
 
 
 class HostedEndpoint:
@@ -87,9 +90,9 @@ class HostedEndpoint:
                  sink: LineSink | None = _print_line) -> None:
         if options.mode == "docker" and client is None:
             raise ConfigError("docker mode needs a Docker client", key="client")
-        if definition.is_async or definition.is_serverless:
-            feature = "AsyncInferenceConfig" if definition.is_async else "ServerlessConfig"
-            raise ConfigError("not served by this version of local-serve yet", key=f"{definition.source}: {feature}")
+        if definition.is_async:
+            raise ConfigError("not served by this version of local-serve yet",
+                              key=f"{definition.source}: AsyncInferenceConfig")
         self.definition = definition
         self.options = options
         self.client = client
@@ -117,11 +120,12 @@ class HostedEndpoint:
 
         started = time.monotonic()
         try:
+            # a serverless variant starts its instances itself (on demand, or ProvisionedConcurrency at open)
             plan = [(variant, index) for variant in (*self.definition.production_variants,
                                                      *self.definition.shadow_variants)
-                    for index in range(variant.initial_instance_count or 1)]
+                    if not variant.is_serverless for index in range(variant.initial_instance_count or 1)]
             built: dict[str, list[Instance]] = {}
-            with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(plan))) as pool:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, len(plan)))) as pool:
                 futures = {pool.submit(self._start_instance, variant, index): variant for variant, index in plan}
                 errors: list[BaseException] = []
                 for future in concurrent.futures.as_completed(futures):
@@ -147,6 +151,8 @@ class HostedEndpoint:
 
     def _router(self, built: dict[str, list[Instance]]) -> EndpointRouter:
         def variant(definition: VariantDefinition) -> Variant:
+            if definition.serverless is not None:
+                return self._serverless_variant(definition)
             instances = sorted(built[definition.name], key=lambda i: i.name)
             return Variant(definition.name, instances, definition.initial_weight,
                            routing=definition.routing_strategy or LEAST_OUTSTANDING, rng=self.rng)
@@ -160,7 +166,23 @@ class HostedEndpoint:
             self.capture = CaptureWriter(config, self.definition.endpoint_name, seed=self.options.seed)
         return EndpointRouter(production, shadow=shadow, capture=self.capture, rng=self.rng)
 
-    def _start_instance(self, variant: VariantDefinition, index: int) -> Instance:
+    def _serverless_variant(self, definition: VariantDefinition) -> Variant:
+        from smbyoc.emulator.serverless import ServerlessConfig, ServerlessVariant, serverless_limits
+
+        position = self.definition.production_variants.index(definition)
+        config = ServerlessConfig.from_request(
+            definition.serverless, key=f"EndpointConfig.ProductionVariants[{position}].ServerlessConfig")
+        limits = serverless_limits(config)
+        counter = iter(range(1_000_000))
+
+        def start_instance() -> Instance:
+            return self._start_instance(definition, next(counter), resources=limits)
+
+        return ServerlessVariant(definition.name, config, start_instance, rng=self.rng,
+                                 idle_timeout=self.options.serverless_idle_timeout,
+                                 weight=definition.initial_weight)
+
+    def _start_instance(self, variant: VariantDefinition, index: int, resources: Any = None) -> Instance:
         model = self.definition.model_of(variant)
         name = f"{variant.name}-{index + 1}"
         prefix = f"{variant.name}/{index + 1} | "
@@ -177,7 +199,7 @@ class HostedEndpoint:
             return self._multi_model_instance(name, container, instance_type, timeout, sink)
         spec = EndpointSpec(container.model_data, port=free_port(), environment=self._environment(container),
                             startup_health_timeout=timeout, instance_type=instance_type,
-                            name_prefix=f"smbyoc-{self.definition.endpoint_name}-{name}")
+                            name_prefix=f"smbyoc-{self.definition.endpoint_name}-{name}", resources=resources)
         handle: Endpoint
         if self.options.mode == "process":
             handle = ProcessEndpoint(spec, sink, require_nginx=self.options.require_nginx)
@@ -307,10 +329,3 @@ class HostedEndpoint:
                 weights[name] = float(weight)
         self.router.update_weights(weights)
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 import urllib.parse
@@ -56,6 +55,7 @@ from smbyoc.emulator.front import INVOCATION_TIMEOUT, Front
 from smbyoc.emulator.pipeline import EXECUTION_MODES, SERIAL, Target, make_router
 from smbyoc.emulator.runtime_client import wait_until_healthy
 from smbyoc.errors import ConfigError, ServingError, SmbyocError
+from smbyoc.serving.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -304,11 +304,6 @@ def require_bind_to_port_label(client: Any, image: str, key: str) -> None:
                           f"add LABEL {ACCEPT_BIND_TO_PORT_LABEL}=true to its Dockerfile", key=key)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 class _DockerMember(DockerEndpoint):
     """One container of the endpoint: the first owns the shared network namespace and publishes every port."""
@@ -459,7 +454,7 @@ class MultiContainerEndpoint:
                             name_prefix=self.spec.name_prefix)
         root = self.root / hostname
         if container.image is None:  # the plan's port is inside a container; a process gets a free host port
-            port = _free_port()
+            port = free_port()
             spec = replace(spec, port=port, environment=self.environment(position, port))
             return ProcessEndpoint(spec, lambda line: self.tail(prefix + line), self.command, root=root,
                                    token=self.token, uses_nginx=self.uses_nginx)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +41,7 @@ from smbyoc.emulator.front import (
 )
 from smbyoc.errors import ArchiveError, ConfigError
 from smbyoc.images.builder import MULTI_MODELS_LABEL
+from smbyoc.serving.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +279,6 @@ class MultiModelRouter:
         """The TargetModels loaded now, least recently used first."""
         return [m.target for m in self._lru.values()]
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class _MultiModelDocker(DockerEndpoint):

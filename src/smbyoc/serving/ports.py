@@ -19,6 +19,13 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` the kernel considers free now (for the emulator's private container ports)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def next_safe_port(
     port_range: tuple[int, int] | str, after: int | None = None, *, host: str = "127.0.0.1", check: bool = True
 ) -> int:
