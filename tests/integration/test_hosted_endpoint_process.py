@@ -235,3 +235,80 @@ def test_serverless_variant_from_the_config(tmp_path: Path, nginx_on_path: str, 
         assert "x-smbyoc-model-setup-time-ms" in third["ResponseMetadata"]["HTTPHeaders"]
     finally:
         endpoint.close()
+
+
+SLOW_HANDLER = '''\
+import json
+import time
+
+
+def model_fn(model_dir):
+    return None
+
+
+def transform_fn(model, data, content_type, accept):
+    time.sleep(0.3)
+    return json.dumps({"echo": json.loads(data)}), "application/json"
+'''
+
+
+def test_async_endpoint_survives_a_restart_mid_queue(tmp_path: Path, nginx_on_path: str, aws_env: None) -> None:
+    """Requests accepted (202) while the endpoint stops are all answered after it starts again, once each."""
+    import io
+    import tarfile
+
+    import boto3
+
+    with tarfile.open(tmp_path / "slow.tar.gz", "w:gz") as tar:
+        data = SLOW_HANDLER.encode()
+        info = tarfile.TarInfo("code/inference.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    document = {
+        "EndpointName": "queued",
+        "Models": [model("slow", tmp_path / "slow.tar.gz")],
+        "EndpointConfig": {
+            "EndpointConfigName": "queued-config", "ProductionVariants": [variant("AllTraffic", "slow")],
+            "AsyncInferenceConfig": {"ClientConfig": {"MaxConcurrentInvocationsPerInstance": 1},
+                                     "OutputConfig": {"S3OutputPath": str(tmp_path / "out"),
+                                                      "S3FailurePath": str(tmp_path / "failed")}},
+        },
+    }
+    definition = parse_endpoint_config(document, source=str(tmp_path / "endpoint.json"), base_dir=tmp_path)
+    options = HostingOptions(mode="process", port=free_port(), async_state_dir=tmp_path / "queue")
+    inputs = []
+    for i in range(8):
+        path = tmp_path / "in" / f"{i}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps([i]))
+        inputs.append(path)
+    endpoint = HostedEndpoint(definition, options, sink=lambda line: None)
+    endpoint.start()
+    accepted: dict[str, str] = {}
+    try:
+        client = boto3.client("sagemaker-runtime", endpoint_url=endpoint.url)
+        for path in inputs:
+            answer = client.invoke_endpoint_async(EndpointName="queued", InputLocation=str(path),
+                                                  ContentType="application/json")
+            assert answer["ResponseMetadata"]["HTTPStatusCode"] == 202
+            accepted[answer["InferenceId"]] = answer["OutputLocation"]
+        with pytest.raises(client.exceptions.ValidationError, match="asynchronous endpoint"):
+            client.invoke_endpoint(EndpointName="queued", Body=b"[1]", ContentType="application/json")
+    finally:
+        endpoint.close()  # mid-queue: at most a few of the 8 (0.3 s each, one at a time) are done
+    done_before = len(list((tmp_path / "out").glob("*.out"))) if (tmp_path / "out").exists() else 0
+    assert done_before < 8
+    restarted = HostedEndpoint(definition, HostingOptions(mode="process", port=free_port(),
+                                                          async_state_dir=tmp_path / "queue"), sink=lambda line: None)
+    restarted.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list((tmp_path / "out").glob("*.out"))) < 8:
+            time.sleep(0.1)
+    finally:
+        restarted.close()
+    outputs = sorted(json.loads(p.read_text())["echo"][0] for p in (tmp_path / "out").glob("*.out"))
+    assert outputs == list(range(8))
+    for location in accepted.values():
+        assert Path(location.removeprefix("file://")).is_file()
+    assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").iterdir())

@@ -217,6 +217,19 @@ def test_input_deleted_before_processing_fails_cleanly(tmp_path: Path) -> None:
         wait_until(lambda: endpoint.stats().failed == 1 and endpoint.stats().completed == 1)
 
 
+def test_an_output_that_cannot_be_written_becomes_a_failure(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "blocker").write_text("a file where the extension wants a directory")
+    with served(tmp_path / "state", config(tmp_path), FakeRouter()) as (rt, endpoint):
+        answer = rt.invoke_endpoint_async(EndpointName=NAME, Body=b"x", S3OutputPathExtension="blocker")
+        failure = path_of(answer["FailureLocation"])
+        wait_until(failure.exists)
+        assert failure.read_text().startswith(
+            f"InternalFailure: the output cannot be written to {path_of(answer['OutputLocation'])}: ")
+        wait_until(lambda: endpoint.stats().failed == 1 and not queued(tmp_path / "state"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["blocker"]
+
+
 def test_ttl_expiry_writes_a_failure_and_counts_expired_requests(tmp_path: Path) -> None:
     now = [1_000_000.0]
     router = FakeRouter(open_gate=False)
@@ -231,7 +244,8 @@ def test_ttl_expiry_writes_a_failure_and_counts_expired_requests(tmp_path: Path)
         wait_until(failure.exists)
         assert failure.read_text() == ("RequestExpired: the request waited 61 s in the queue, longer than its "
                                        "RequestTTLSeconds (60)")
-        assert endpoint.stats().expired_requests == 1
+        wait_until(lambda: endpoint.stats().expired_requests == 1)
+        assert endpoint.stats().approximate_backlog_size == 2
         router.gate.set()
         wait_until(lambda: path_of(patient["OutputLocation"]).exists())
         assert path_of(running["OutputLocation"]).read_bytes() == b"echo:first"
@@ -420,6 +434,37 @@ def test_sync_invoke_endpoint_is_refused(tmp_path: Path) -> None:
             rt.exceptions.ValidationError, match="asynchronous endpoint .* accepts InvokeEndpointAsync only, not "
             "InvokeEndpoint"):
         rt.invoke_endpoint(EndpointName=NAME, Body=b"x")
+
+
+def test_a_configuration_file_drives_the_endpoint(tmp_path: Path) -> None:
+    from smbyoc.emulator.endpoint_config import load_endpoint_config
+
+    document = {
+        "EndpointName": NAME,
+        "Models": [{"ModelName": "m", "PrimaryContainer": {"Image": "smbyoc/serve:cpu"}}],
+        "EndpointConfig": {
+            "EndpointConfigName": "c",
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "m", "InstanceType": "ml.m5.xlarge",
+                                    "InitialInstanceCount": 1}],
+            "AsyncInferenceConfig": {"ClientConfig": {"MaxConcurrentInvocationsPerInstance": 3},
+                                     "OutputConfig": {
+                                         "S3OutputPath": "./async/out", "S3FailurePath": "async/failed",
+                                         "NotificationConfig": {
+                                             "SuccessTopic": "arn:aws:sns:us-east-1:123456789012:done"}}}}}
+    (tmp_path / "endpoint.json").write_text(json.dumps(document))
+    definition = load_endpoint_config(tmp_path / "endpoint.json")
+    assert definition.async_config is not None
+    state = tmp_path / "state"
+    router = FakeRouter()
+    with served(state, dict(definition.async_config), router) as (rt, endpoint):
+        assert endpoint.max_concurrency == 3
+        answer = rt.invoke_endpoint_async(EndpointName=NAME, Body=b"x", InferenceId="from-file")
+        assert path_of(answer["OutputLocation"]).parent == tmp_path / "async" / "out"
+        assert path_of(answer["FailureLocation"]).parent == tmp_path / "async" / "failed"
+        topic = state / "notifications" / "done.jsonl"
+        wait_until(lambda: topic.exists() and len(lines(topic)) == 2)
+    assert lines(topic)[1]["inferenceId"] == "from-file"
+    assert path_of(answer["OutputLocation"]).read_bytes() == b"echo:x"
 
 
 @pytest.mark.parametrize(("document", "match"), [

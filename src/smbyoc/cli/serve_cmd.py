@@ -74,6 +74,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @click.option("--serverless-idle-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="With --endpoint-config: seconds without a call before a serverless instance is stopped "
                    "(scale to zero; SageMaker does not publish its own).")
+@click.option("--async-topic", "async_topics", multiple=True, metavar="ARN=TARGET",
+              help="With --endpoint-config: what an SNS topic of NotificationConfig stands for: a JSON Lines file "
+                   "(absolute path or file:// URI) or cmd:ARGV (the message on stdin). Default: "
+                   "<state dir>/async/<endpoint>/notifications/<topic>.jsonl. Repeatable.")
 @library_errors
 def local_serve(
     mode: str, image: str | None, model_data: Path | None, port: int, bind_address: str,
@@ -81,6 +85,7 @@ def local_serve(
     ready_file: Path | None, require_nginx: bool, multi_model: Path | None, invocation_timeout: float,
     max_loaded_models: int, container_texts: tuple[str, ...], inference_execution_mode: str,
     endpoint_config: Path | None, endpoint_name: str | None, seed: int | None, serverless_idle_timeout: float,
+    async_topics: tuple[str, ...],
 ) -> None:
     """Serve a model as a SageMaker endpoint until Ctrl-C (SIGTERM, then SIGKILL after 30 s).
 
@@ -105,8 +110,9 @@ def local_serve(
                               (container_texts or None, "--container")):
             if given is not None:
                 raise ConfigError("the endpoint configuration file names the images and models", key=option)
-    elif endpoint_name is not None or seed is not None:
-        raise ConfigError("only with --endpoint-config", key="--endpoint-name" if endpoint_name else "--seed")
+    elif endpoint_name is not None or seed is not None or async_topics:
+        raise ConfigError("only with --endpoint-config",
+                          key="--endpoint-name" if endpoint_name else "--seed" if seed is not None else "--async-topic")
     if multi_model is not None and model_data is not None:
         raise ConfigError("a multi-model endpoint takes its models from --multi-model DIR", key="--model-data")
     if container_texts:
@@ -119,7 +125,7 @@ def local_serve(
     try:
         if endpoint_config is not None:
             endpoint = _hosted_endpoint(mode, spec, endpoint_config, endpoint_name, seed, user, require_nginx,
-                                        serverless_idle_timeout)
+                                        serverless_idle_timeout, parse_pairs(async_topics, "--async-topic"))
         elif container_texts:
             endpoint = _multi_container_endpoint(mode, spec, container_texts, inference_execution_mode, user,
                                                  require_nginx)
@@ -192,7 +198,8 @@ def _with_model(spec: EndpointSpec, model: Path) -> EndpointSpec:
 
 
 def _hosted_endpoint(mode: str, spec: EndpointSpec, path: Path, name: str | None, seed: int | None,
-                     user: str | None, require_nginx: bool, serverless_idle_timeout: float) -> HostedEndpoint:
+                     user: str | None, require_nginx: bool, serverless_idle_timeout: float,
+                     topics: list[tuple[str, str]]) -> HostedEndpoint:
     from dataclasses import replace as with_name
 
     from smbyoc.emulator.endpoint_config import load_endpoint_config
@@ -203,7 +210,7 @@ def _hosted_endpoint(mode: str, spec: EndpointSpec, path: Path, name: str | None
         definition = with_name(definition, endpoint_name=name)
     options = HostingOptions(mode=mode, port=spec.port, bind_address=spec.bind_address, user=user,
                              require_nginx=require_nginx, seed=seed, environment=tuple(spec.environment.items()),
-                             serverless_idle_timeout=serverless_idle_timeout)
+                             serverless_idle_timeout=serverless_idle_timeout, topics=tuple(topics))
     if mode == "process":
         if user is not None:
             raise ConfigError("only for --mode docker", key="--user")

@@ -37,7 +37,7 @@ from smbyoc.emulator.endpoint import (
 )
 from smbyoc.emulator.endpoint_config import Container, EndpointDefinition, Model
 from smbyoc.emulator.endpoint_config import Variant as VariantDefinition
-from smbyoc.emulator.front import INVOCATION_TIMEOUT, Call, Front, FrontError, Reply, post, validation_error
+from smbyoc.emulator.front import INVOCATION_TIMEOUT, Call, Front, FrontError, Reply, Router, post, validation_error
 from smbyoc.emulator.variants import LEAST_OUTSTANDING, EndpointRouter, Instance, Variant
 from smbyoc.errors import ConfigError, ServingError
 from smbyoc.serving.ports import free_port
@@ -57,10 +57,33 @@ class ContainerRouter:
         self._session = session
 
     async def invoke(self, call: Call) -> Reply:
-        return await post(self._session, self.url, call.body, call.headers, timeout=self.timeout)
+        from smbyoc.emulator.async_inference import current_invocation_timeout
+
+        # an asynchronous request has its own InvocationTimeoutSeconds (up to 3600 s) instead of the 60 s
+        timeout = current_invocation_timeout() or self.timeout
+        return await post(self._session, self.url, call.body, call.headers, timeout=timeout)
 
     async def close(self) -> None:
         pass
+
+
+class AsyncOnlyRouter:
+    """The router of an asynchronous endpoint's InvokeEndpoint route: every call refused as SageMaker refuses it;
+    the asynchronous queue calls the endpoint's real router."""
+
+    def __init__(self, router: Router, async_endpoint: Any) -> None:
+        self.router = router
+        self.async_endpoint = async_endpoint
+
+    async def open(self, session: Any) -> None:
+        await self.router.open(session)
+
+    async def invoke(self, call: Call) -> Reply:
+        self.async_endpoint.refuse_sync()
+        raise AssertionError("refuse_sync returned")  # pragma: no cover
+
+    async def close(self) -> None:
+        await self.router.close()
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,11 @@ class HostingOptions:
     environment: tuple[tuple[str, str], ...] = ()
     #: Serverless variants: seconds without a call after which an instance is stopped (scale to zero).
     serverless_idle_timeout: float = 300.0
+    #: Asynchronous endpoints: where the queue lives (None: ``<state dir>/async/<endpoint name>``), kept across
+    #: restarts of ``local-serve`` so that nothing accepted is lost.
+    async_state_dir: Path | None = None
+    #: Asynchronous endpoints: SNS topic ARN -> a JSON Lines file or ``cmd:ARGV`` standing for the topic.
+    topics: tuple[tuple[str, str], ...] = ()
 
 
 class HostedEndpoint:
@@ -90,9 +118,6 @@ class HostedEndpoint:
                  sink: LineSink | None = _print_line) -> None:
         if options.mode == "docker" and client is None:
             raise ConfigError("docker mode needs a Docker client", key="client")
-        if definition.is_async:
-            raise ConfigError("not served by this version of local-serve yet",
-                              key=f"{definition.source}: AsyncInferenceConfig")
         self.definition = definition
         self.options = options
         self.client = client
@@ -103,6 +128,7 @@ class HostedEndpoint:
         self.instances: list[Instance] = []
         self.router: EndpointRouter | None = None
         self.capture: Any = None
+        self.async_endpoint: Any = None
         self.front: Front | None = None
         self.startup_seconds: float | None = None
         self._closed = False
@@ -139,9 +165,14 @@ class HostedEndpoint:
                 if errors:
                     raise errors[0]
             self.router = self._router(built)
-            self.front = Front(self.router, host=self.options.bind_address, port=self.options.port,
+            front_router: Router = self.router
+            if self.definition.async_config is not None:
+                self.async_endpoint = self._async_endpoint(self.router)
+                front_router = AsyncOnlyRouter(self.router, self.async_endpoint)
+            self.front = Front(front_router, host=self.options.bind_address, port=self.options.port,
                                endpoint_name=self.definition.endpoint_name,
-                               variant_name=self.definition.production_variants[0].name, control=self)
+                               variant_name=self.definition.production_variants[0].name, control=self,
+                               async_invocations=self.async_endpoint)
             self.front.start()
         except BaseException:
             self.close()
@@ -165,6 +196,15 @@ class HostedEndpoint:
             config = DataCaptureConfig.from_request(self.definition.data_capture)
             self.capture = CaptureWriter(config, self.definition.endpoint_name, seed=self.options.seed)
         return EndpointRouter(production, shadow=shadow, capture=self.capture, rng=self.rng)
+
+    def _async_endpoint(self, router: EndpointRouter) -> Any:
+        from smbyoc.emulator.async_inference import AsyncEndpoint
+
+        assert self.definition.async_config is not None
+        state = self.options.async_state_dir or jobs.state_dir() / "async" / self.definition.endpoint_name
+        instances = sum(v.initial_instance_count or 1 for v in self.definition.production_variants)
+        return AsyncEndpoint(self.definition.async_config, self.definition.endpoint_name, state, router.invoke,
+                             instances=instances, topics=dict(self.options.topics))
 
     def _serverless_variant(self, definition: VariantDefinition) -> Variant:
         from smbyoc.emulator.serverless import ServerlessConfig, ServerlessVariant, serverless_limits
@@ -302,6 +342,8 @@ class HostedEndpoint:
                                   **self.router.describe()}
         if self.capture is not None:
             answer["DataCaptureConfig"] = self.capture.describe()
+        if self.async_endpoint is not None:
+            answer["AsyncInferenceStatistics"] = self.async_endpoint.stats()
         return answer
 
     def update_weights(self, desired: list[dict[str, Any]]) -> None:

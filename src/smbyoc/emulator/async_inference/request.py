@@ -1,0 +1,222 @@
+"""One ``InvokeEndpointAsync`` request as SageMaker reads it (contract-endpoints.md §6.2), and where its result goes.
+
+:func:`parse_request` checks the request headers BOTO-RT defines, in the order of the API's table, each failure one
+``ValidationError`` naming the header; then ``Body`` XOR ``InputLocation``. A local path or a ``file://`` URI
+stands for the S3 object (``s3://`` and ``https://`` are refused for now).
+
+:func:`locations` names the result objects (§6.3; the rule is **[UNCONFIRMED]**, see docs/async-inference.md):
+``<S3OutputPath>[/<S3OutputPathExtension>]/<Filename or <request id>.out>`` for a 2xx answer and
+``<S3FailurePath>[/<S3OutputPathExtension>]/<Filename stem or request id>-error.out`` for everything else.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from smbyoc.emulator.front import FrontError, validation_error
+
+PREFIX = "X-Amzn-SageMaker-"
+INPUT_LOCATION = PREFIX + "InputLocation"
+CONTENT_TYPE = PREFIX + "Content-Type"
+ACCEPT = PREFIX + "Accept"
+CUSTOM_ATTRIBUTES = PREFIX + "Custom-Attributes"
+INFERENCE_ID = PREFIX + "Inference-Id"
+REQUEST_TTL = PREFIX + "RequestTTLSeconds"
+INVOCATION_TIMEOUT = PREFIX + "InvocationTimeoutSeconds"
+OUTPUT_PATH_EXTENSION = PREFIX + "S3OutputPathExtension"
+FILENAME = PREFIX + "Filename"
+OUTPUT_LOCATION = PREFIX + "OutputLocation"
+FAILURE_LOCATION = PREFIX + "FailureLocation"
+
+#: BOTO-RT ``InvokeEndpointAsyncInput.Body``: "Body and InputLocation are mutually exclusive".
+MAX_INLINE_BODY = 128_000
+#: DG ``async-inference.md``: "large payload sizes (up to 1GB)".
+MAX_PAYLOAD = 1024**3
+TTL_RANGE, DEFAULT_TTL = (60, 21600), 21600
+TIMEOUT_RANGE, DEFAULT_TIMEOUT = (1, 3600), 900
+MAX_TEXT = 1024
+INFERENCE_ID_MAX = 64
+INPUT_LOCATION_MAX = 1024
+EXTENSION_MAX = 512
+FILENAME_MAX = 32
+EXTENSION_PATTERN = re.compile(r"(?!s3:|https:)[a-zA-Z0-9!_.*'()/-]+")
+FILENAME_PATTERN = re.compile(r"(?!.*\..*\.)[a-zA-Z0-9][a-zA-Z0-9\-_.]*")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+@dataclass(frozen=True)
+class AsyncRequest:
+    """A validated request: the payload (``body``) or where it is (``input_path``), and its parameters."""
+
+    inference_id: str
+    body: bytes | None
+    input_path: Path | None
+    content_type: str | None
+    accept: str | None
+    custom_attributes: str | None
+    ttl_seconds: int
+    timeout_seconds: int
+    extension: tuple[str, ...]
+    filename: str | None
+
+
+@dataclass(frozen=True)
+class Locations:
+    """Where a request's result will be: the output object (2xx) and the failure object (everything else)."""
+
+    output: Path
+    failure: Path
+
+
+def _text(headers: Mapping[str, str], name: str, limit: int) -> str | None:
+    value = headers.get(name.lower())
+    if value is None:
+        return None
+    if len(value) > limit:
+        raise validation_error(f"{name}: the value has {len(value)} characters; the limit is {limit}")
+    if not value.isascii():
+        raise validation_error(f"{name}: the value must be US-ASCII characters")
+    return value
+
+
+def _integer(headers: Mapping[str, str], name: str, bounds: tuple[int, int], default: int) -> int:
+    text = headers.get(name.lower())
+    if text is None:
+        return default
+    low, high = bounds
+    if not re.fullmatch(r"[0-9]{1,10}", text.strip()):
+        raise validation_error(f"{name}: {text!r} is not an integer (expected {low} to {high})")
+    value = int(text)
+    if not low <= value <= high:
+        raise validation_error(f"{name}: {value} is out of range; expected {low} to {high}")
+    return value
+
+
+def _inference_id(headers: Mapping[str, str]) -> str | None:
+    value = headers.get(INFERENCE_ID.lower())
+    if value is None:
+        return None
+    if not 1 <= len(value) <= INFERENCE_ID_MAX:
+        raise validation_error(f"{INFERENCE_ID}: the value has {len(value)} characters; expected 1 to "
+                               f"{INFERENCE_ID_MAX}")
+    if value[0].isspace() or not all(" " <= c <= "~" for c in value):
+        raise validation_error(f"{INFERENCE_ID}: the value must be printable US-ASCII characters and not start "
+                               "with a space")
+    return value
+
+
+def _extension(headers: Mapping[str, str]) -> tuple[str, ...]:
+    value = headers.get(OUTPUT_PATH_EXTENSION.lower())
+    if value is None:
+        return ()
+    if not 1 <= len(value) <= EXTENSION_MAX:
+        raise validation_error(f"{OUTPUT_PATH_EXTENSION}: the value has {len(value)} characters; expected 1 to "
+                               f"{EXTENSION_MAX}")
+    if not EXTENSION_PATTERN.fullmatch(value):
+        raise validation_error(f"{OUTPUT_PATH_EXTENSION}: {value!r} must match {EXTENSION_PATTERN.pattern} "
+                               "(a relative key prefix, not a URI)")
+    segments = tuple(s for s in value.split("/") if s)
+    if any(s in (".", "..") for s in segments):
+        raise validation_error(f"{OUTPUT_PATH_EXTENSION}: {value!r} has a '.' or '..' segment; locally it would "
+                               "leave the output location")
+    return segments
+
+
+def _filename(headers: Mapping[str, str]) -> str | None:
+    value = headers.get(FILENAME.lower())
+    if value is None:
+        return None
+    if not 1 <= len(value) <= FILENAME_MAX:
+        raise validation_error(f"{FILENAME}: the value has {len(value)} characters; expected 1 to {FILENAME_MAX}")
+    if not FILENAME_PATTERN.fullmatch(value):
+        raise validation_error(f"{FILENAME}: {value!r} must start with a letter or digit, hold only letters, digits, "
+                               "'-', '_' and '.', and at most one '.'")
+    return value
+
+
+def input_path(location: str) -> Path:
+    """The local file ``X-Amzn-SageMaker-InputLocation`` names (an absolute path or a ``file://`` URI); it must
+    be a regular file within the payload limit."""
+    if not 1 <= len(location) <= INPUT_LOCATION_MAX:
+        raise validation_error(f"{INPUT_LOCATION}: the value has {len(location)} characters; expected 1 to "
+                               f"{INPUT_LOCATION_MAX}")
+    found = _SCHEME.match(location)
+    if found is not None:
+        scheme = found.group(1).lower()
+        if scheme in ("s3", "https"):
+            raise validation_error(f"{INPUT_LOCATION}: {location!r}: S3 URIs are not supported yet; give a local "
+                                   "path or a file:// URI")
+        if scheme != "file":
+            raise validation_error(f"{INPUT_LOCATION}: {location!r}: expected a local path or a file:// URI")
+        parts = urllib.parse.urlsplit(location)
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise validation_error(f"{INPUT_LOCATION}: {location!r}: a file:// URI needs an absolute path "
+                                   "(file:///path)")
+        path = Path(urllib.parse.unquote(parts.path))
+    else:
+        path = Path(location)
+        if not path.is_absolute():
+            raise validation_error(f"{INPUT_LOCATION}: {location!r} is a relative path; give an absolute path or a "
+                                   "file:///path URI")
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise validation_error(f"{INPUT_LOCATION}: {path} cannot be read: {e.strerror or e}") from e
+    if not path.is_file():
+        raise validation_error(f"{INPUT_LOCATION}: {path} is not a regular file")
+    if info.st_size > MAX_PAYLOAD:
+        raise validation_error(f"{INPUT_LOCATION}: {path} has {info.st_size:,} bytes; the limit is "
+                               f"{MAX_PAYLOAD:,} (1 GB)")
+    return path
+
+
+def parse_request(headers: Mapping[str, str], body: bytes) -> AsyncRequest:
+    """The request ``headers`` (any case) and ``body`` describe; :class:`FrontError` (400 ``ValidationError``)
+    naming the first bad header otherwise. ``inference_id`` is empty when the header is absent (the caller
+    generates one)."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    location = lowered.get(INPUT_LOCATION.lower())
+    content_type = _text(lowered, CONTENT_TYPE, MAX_TEXT)
+    accept = _text(lowered, ACCEPT, MAX_TEXT)
+    custom = _text(lowered, CUSTOM_ATTRIBUTES, MAX_TEXT)
+    if custom is not None and not custom.isprintable():
+        raise validation_error(f"{CUSTOM_ATTRIBUTES}: the value must be visible US-ASCII characters")
+    inference_id = _inference_id(lowered)
+    ttl = _integer(lowered, REQUEST_TTL, TTL_RANGE, DEFAULT_TTL)
+    timeout = _integer(lowered, INVOCATION_TIMEOUT, TIMEOUT_RANGE, DEFAULT_TIMEOUT)
+    extension = _extension(lowered)
+    filename = _filename(lowered)
+    if location is not None and body:
+        raise validation_error(f"Body and InputLocation ({INPUT_LOCATION}) are mutually exclusive; provide exactly "
+                               "one")
+    if location is None and not body:
+        raise validation_error(f"provide exactly one of Body and InputLocation ({INPUT_LOCATION}); the request has "
+                               "neither")
+    if location is None and len(body) > MAX_INLINE_BODY:
+        raise validation_error(f"Body: the request body has {len(body):,} bytes; the limit is {MAX_INLINE_BODY:,} "
+                               f"(put larger payloads in a file and give {INPUT_LOCATION})")
+    path = input_path(location) if location is not None else None
+    return AsyncRequest(inference_id or "", body if path is None else None, path, content_type, accept, custom,
+                        ttl, timeout, extension, filename)
+
+
+def locations(request: AsyncRequest, request_id: str, output_dir: Path, failure_dir: Path) -> Locations:
+    """Where ``request`` (internal id ``request_id``) will leave its result (module docstring)."""
+    if request.filename is not None:
+        output_name = request.filename
+        failure_name = request.filename.partition(".")[0] + "-error.out"
+    else:
+        output_name = f"{request_id}.out"
+        failure_name = f"{request_id}-error.out"
+    return Locations(output_dir.joinpath(*request.extension, output_name),
+                     failure_dir.joinpath(*request.extension, failure_name))
+
+
+def refusal(endpoint_name: str) -> FrontError:
+    """The error InvokeEndpoint gets on an asynchronous endpoint (the wording is **[UNCONFIRMED]**)."""
+    return validation_error(f"Endpoint {endpoint_name} is an asynchronous endpoint (its endpoint configuration has "
+                            "an AsyncInferenceConfig): it accepts InvokeEndpointAsync only, not InvokeEndpoint.")
