@@ -151,9 +151,10 @@ class MultiModelRouter:
 
     async def invoke(self, call: Call) -> Reply:
         target = call.header("X-Amzn-SageMaker-Target-Model") or ""
-        artifact = self.source.artifact(target)
         key = model_key(target)
         model = self._models.get(key)
+        # a loaded model's TargetModel was checked when it loaded; only a load resolves the artifact again
+        artifact = None if model is not None and model.loaded else self.source.artifact(target)
         if model is None:
             model = self._models[key] = _Model(target, key)
         model.in_flight += 1
@@ -161,7 +162,7 @@ class MultiModelRouter:
             self.counters.invocations += 1
             for _attempt in range(3):
                 if not model.loaded:
-                    await self._wait_loaded(model, artifact)
+                    await self._wait_loaded(model, artifact or self.source.artifact(target))
                 self._lru.move_to_end(key)
                 reply = await post(self._session, f"{self.container_url}/models/{key}/invoke", call.body,
                                    call.headers, timeout=self.invocation_timeout, what="the multi-model container")

@@ -139,11 +139,8 @@ def _process_group(stat_text: str) -> int | None:
     return int(fields[2]) if len(fields) > 2 and fields[2].lstrip("-").isdigit() else None
 
 
-def process_memory(pid_dir: Path) -> int:
-    """One process's proportional set size in bytes, or its RSS when ``smaps_rollup`` is unreadable."""
-    pss = _meminfo_kib(pid_dir / "smaps_rollup", "Pss:")
-    if pss:
-        return pss * 1024
+def resident_memory(pid_dir: Path) -> int:
+    """One process's resident set size in bytes (``statm``: about 30 µs); 0 when unreadable."""
     try:
         resident = int((pid_dir / "statm").read_text().split()[1])
     except (OSError, ValueError, IndexError):
@@ -151,26 +148,48 @@ def process_memory(pid_dir: Path) -> int:
     return resident * os.sysconf("SC_PAGE_SIZE")
 
 
-def process_group_usage(pgid: int | None = None, root: Path = Path("/")) -> int:
-    """The summed memory (:func:`process_memory`) of the processes in process group ``pgid`` (default: this
-    process's group, which for a gunicorn worker of ``serve`` is the master and all its workers)."""
-    group = os.getpgrp() if pgid is None else pgid
-    total = 0
+def process_memory(pid_dir: Path) -> int:
+    """One process's proportional set size in bytes, or its RSS when ``smaps_rollup`` is unreadable."""
+    pss = _meminfo_kib(pid_dir / "smaps_rollup", "Pss:")
+    if pss:
+        return pss * 1024
+    return resident_memory(pid_dir)
+
+
+def group_members(group: int, root: Path = Path("/")) -> list[Path]:
+    """The ``/proc/<pid>`` directories of process group ``group``.
+
+    gunicorn's master leads the group ``serve`` starts it in, so its children (``/proc/<pid>/task/<pid>/children``,
+    a few entries) are looked at first; only when that file is unreadable is all of ``/proc`` scanned (which
+    costs milliseconds on a busy machine)."""
     proc = root / "proc"
+    candidates: list[str]
     try:
-        entries = list(os.scandir(proc))
+        children = (proc / str(group) / "task" / str(group) / "children").read_text().split()
+        candidates = [str(group), *children]
     except OSError:
-        return 0
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
         try:
-            stat_text = Path(entry.path, "stat").read_text()
+            candidates = [entry.name for entry in os.scandir(proc) if entry.name.isdigit()]
+        except OSError:
+            return []
+    members = []
+    for pid in candidates:
+        try:
+            stat_text = (proc / pid / "stat").read_text()
         except OSError:
             continue  # the process ended meanwhile
         if _process_group(stat_text) == group:
-            total += process_memory(Path(entry.path))
-    return total
+            members.append(proc / pid)
+    return members
+
+
+def process_group_usage(pgid: int | None = None, root: Path = Path("/"), *, precise: bool = True) -> int:
+    """The summed memory of the processes in process group ``pgid`` (default: this process's group, which for a
+    gunicorn worker of ``serve`` is the master and all its workers): PSS (:func:`process_memory`, pages shared
+    after the fork counted once) when ``precise``, else RSS (an upper bound of PSS, much cheaper to read)."""
+    group = os.getpgrp() if pgid is None else pgid
+    one = process_memory if precise else resident_memory
+    return sum(one(member) for member in group_members(group, root))
 
 
 @dataclass(frozen=True)
@@ -182,6 +201,8 @@ class MemoryBudget:
     source: str
     meter: str
     measure: Callable[[], int]
+    #: A cheaper upper bound of ``measure`` (RSS instead of PSS): when it fits the budget, ``measure`` is skipped.
+    bound: Callable[[], int] | None = None
 
     @classmethod
     def from_env(cls, budget_mb: int | None, root: Path = Path("/")) -> MemoryBudget:
@@ -198,20 +219,30 @@ class MemoryBudget:
 
             def measure() -> int:
                 return process_group_usage(root=root)
+
+            def upper_bound() -> int:
+                return process_group_usage(root=root, precise=False)
+        bound = None if limited else upper_bound
         if budget_mb is not None:
-            return cls(budget_mb * MIB, f"SMBYOC_MME_MEMORY_BUDGET_MB={budget_mb}", meter, measure)
+            return cls(budget_mb * MIB, f"SMBYOC_MME_MEMORY_BUDGET_MB={budget_mb}", meter, measure, bound)
         if limited:
             assert cgroup is not None and cgroup.limit is not None
             limit, what = cgroup.limit, f"the cgroup memory limit ({cgroup.limit // MIB} MiB)"
         else:
             limit, what = mem_total(root), f"MemTotal ({mem_total(root) // MIB} MiB)"
-        return cls(int(limit * BUDGET_SHARE), f"{BUDGET_SHARE:.0%} of {what}", meter, measure)
+        return cls(int(limit * BUDGET_SHARE), f"{BUDGET_SHARE:.0%} of {what}", meter, measure, bound)
 
     def usage(self) -> int:
         return self.measure()
 
+    def _fits(self, extra: int) -> bool:
+        """Whether the cheap upper bound already shows ``extra`` more bytes fit (no precise measurement then)."""
+        return self.bound is not None and self.bound() + extra <= self.limit
+
     def refuse_before(self, name: str, estimate: int) -> str | None:
         """Why loading ``name`` (about ``estimate`` bytes) must be refused now, or None."""
+        if self._fits(estimate):
+            return None
         used = self.usage()
         if used + estimate <= self.limit:
             return None
@@ -220,6 +251,8 @@ class MemoryBudget:
 
     def refuse_after(self, name: str) -> str | None:
         """Why the just-loaded ``name`` must be unloaded again, or None."""
+        if self._fits(0):
+            return None
         used = self.usage()
         if used <= self.limit:
             return None
