@@ -312,3 +312,28 @@ def test_async_endpoint_survives_a_restart_mid_queue(tmp_path: Path, nginx_on_pa
     for location in accepted.values():
         assert Path(location.removeprefix("file://")).is_file()
     assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").iterdir())
+
+
+def test_multi_model_variant_from_the_config(tmp_path: Path, nginx_on_path: str, aws_env: None) -> None:
+    import boto3
+
+    write_handler_model(tmp_path / "prefix" / "a.tar.gz", "a", 2.0, 0.0)
+    write_handler_model(tmp_path / "prefix" / "deep" / "b.tar.gz", "b", 1.0, 1.0)
+    document = {
+        "EndpointName": "mme",
+        "Models": [{"ModelName": "many", "PrimaryContainer": {"Image": "smbyoc/serve:cpu", "Mode": "MultiModel",
+                                                               "ModelDataUrl": str(tmp_path / "prefix")}}],
+        "EndpointConfig": {"EndpointConfigName": "mme-config", "ProductionVariants": [variant("AllTraffic", "many")]},
+    }
+    endpoint = start(document, tmp_path)
+    try:
+        client = boto3.client("sagemaker-runtime", endpoint_url=endpoint.url)
+        for target, expected_body in [("a.tar.gz", {"code": "a", "prediction": [4.0]}),
+                                      ("deep/b.tar.gz", {"code": "b", "prediction": [3.0]})]:
+            answer = client.invoke_endpoint(EndpointName="mme", Body=b"[2]", ContentType="application/json",
+                                            TargetModel=target)
+            assert json.loads(answer["Body"].read()) == expected_body
+        with pytest.raises(client.exceptions.ValidationError, match="no model artifact"):
+            client.invoke_endpoint(EndpointName="mme", Body=b"[2]", TargetModel="c.tar.gz")
+    finally:
+        endpoint.close()

@@ -28,15 +28,8 @@ from smbyoc.serving.env import MME_REGISTRY_DIR, ServingEnv
 from smbyoc.serving.fast_path import fast_path
 from smbyoc.serving.memory import MemoryBudget
 from smbyoc.serving.model_holder import ModelHolder
-from smbyoc.serving.multi_model import (
-    MAX_NAME_BYTES,
-    MultiModelServer,
-    Registration,
-    Registry,
-    page,
-    register_params,
-    split_model_path,
-)
+from smbyoc.serving.model_registry import Registration, Registry
+from smbyoc.serving.multi_model import MAX_NAME_BYTES, MultiModelServer, page, register_params, split_model_path
 from smbyoc.serving.nginx import nginx_error_bodies, render_nginx_conf
 from smbyoc.serving.supervisor import prepare
 
@@ -299,7 +292,7 @@ def test_409_when_loaded_or_being_loaded(ml: Path, registry: Path, kind: str) ->
                           check=True).stdout.strip()
     marker = [p for p in registry.iterdir() if p.suffix == ".loading"]
     assert marker == []
-    from smbyoc.serving.multi_model import _key
+    from smbyoc.serving.model_registry import _key
 
     (registry / f"{_key('c')}.loading").write_text(dead)
     assert w.load("c", url).status_code == 200
@@ -652,3 +645,36 @@ def test_a_change_wakes_the_sibling_workers(ml: Path, registry: Path, tmp_path: 
         (proc / str(pid)).mkdir()
         (proc / str(pid) / "stat").write_text(f"{pid} (gunicorn: worker [x]) S {ppid} 7 7\n")
     assert sibling_workers(200, 201, str(proc)) == [202]
+
+
+def test_the_group_leaders_children_are_read_before_all_of_proc(tmp_path: Path) -> None:
+    root = fake_root(tmp_path)
+    proc = root / "proc"
+    page = os.sysconf("SC_PAGE_SIZE")
+    for pid, pages in ((20, 10), (21, 5), (30, 1000)):  # 20 leads group 20, 21 is its worker, 30 is in it too
+        d = proc / str(pid)
+        d.mkdir()
+        (d / "stat").write_text(f"{pid} (gunicorn) S 1 20 20 0 -1\n")
+        (d / "statm").write_text(f"900 {pages} 3 0 0 0 0\n")
+    (proc / "20" / "task" / "20").mkdir(parents=True)
+    (proc / "20" / "task" / "20" / "children").write_text("21 ")
+    # the children file names the members: pid 30 (not a child of the leader) is not visited
+    assert memory.process_group_usage(20, root, precise=False) == 15 * page
+    (proc / "20" / "task" / "20" / "children").unlink()
+    assert memory.process_group_usage(20, root, precise=False) == 1015 * page  # the scan finds all three
+
+
+def test_a_cheap_bound_under_the_budget_skips_the_precise_measurement() -> None:
+    measured: list[int] = []
+
+    def precise() -> int:
+        measured.append(1)
+        return 5_000
+
+    budget = MemoryBudget(10_000, "test", "fake", precise, bound=lambda: 1_000)
+    assert budget.refuse_before("m", 2_000) is None and budget.refuse_after("m") is None
+    assert measured == []
+    near = MemoryBudget(10_000, "test", "fake", precise, bound=lambda: 9_000)
+    assert near.refuse_before("m", 2_000) is None  # the bound says maybe not: PSS (5,000 + 2,000) decides
+    assert measured == [1]
+    assert "out of memory" in (near.refuse_before("m", 6_000) or "")

@@ -41,6 +41,10 @@ class NotAcceptable(ServingHTTPError):
     code = 406
 
 
+class Conflict(ServingHTTPError):
+    code = 409
+
+
 class PayloadTooLarge(ServingHTTPError):
     code = 413
 
@@ -57,3 +61,9 @@ class ModelError(ServingHTTPError):
 
 class NotReady(ServingHTTPError):
     code = 503
+
+
+class InsufficientStorage(ServingHTTPError):
+    """MMS's answer when a model does not fit (out of memory); SageMaker then unloads models and retries."""
+
+    code = 507

@@ -1,16 +1,10 @@
 """Multi-model endpoints (``SAGEMAKER_MULTI_MODEL=true``, contract.md §5): load, list, describe, unload and
 invoke models by name, in every gunicorn worker of one ``serve``.
 
-**The registry.** Which models are loaded is kept in a directory in ``serve``'s private runtime directory
-(:data:`~smbyoc.serving.env.MME_REGISTRY_DIR`), shared by all workers: one small JSON file per model
-(``<sha256 of the name>.json``: ``modelName``, ``modelUrl``, the resolved directory and a token unique to
-this registration), put in place with ``link()`` — atomic, and refused when the name exists — only after the
-loading worker's load succeeded. A ``.loading`` marker (``O_CREAT|O_EXCL``, holding the loader's pid) makes a
-concurrent ``POST /models`` of the same name a 409; a marker whose process is gone is stale and removed.
-Every change appends one byte to ``generation``; a worker compares that file's size with the one it last
-read (one ``stat`` per request, exact, unlike a directory mtime of coarse-clock resolution) and only then
-re-reads the registry: models no longer registered, or registered anew (another token), are dropped, and a
-registered model the worker does not hold is loaded on its first invoke there.
+**The registry.** Which models are loaded is kept in a directory shared by all workers
+(:mod:`smbyoc.serving.model_registry`): a worker loads a model, then registers it; every other worker sees the
+change with one ``stat`` per request, drops the models no longer registered (or registered anew) and loads a
+registered model it does not hold on its first invoke there.
 
 **Limits.** ``SMBYOC_MME_MAX_MODELS`` and the memory budget (:mod:`smbyoc.serving.memory`) answer 507,
 as SageMaker's containers do when out of memory; the emulator then unloads the least recently used model
@@ -20,7 +14,6 @@ and retries, as SageMaker does.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -28,19 +21,18 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from smbyoc.serving.env import MME_REGISTRY_DIR, ServingEnv
-from smbyoc.serving.errors import BadRequest, NotFound, ServingHTTPError, clip
+from smbyoc.serving.errors import BadRequest, Conflict, InsufficientStorage, NotFound, ServingHTTPError, clip
 from smbyoc.serving.handler import Handler, HandlerResult
 from smbyoc.serving.memory import MemoryBudget, directory_size, release_memory
 from smbyoc.serving.model_holder import ModelEntry, ModelHolder
+from smbyoc.serving.model_registry import Registration, Registry
 from smbyoc.serving.responses import invoke as run_invoke
 
 logger = logging.getLogger(__name__)
@@ -50,17 +42,6 @@ MAX_NAME_BYTES = 1024
 #: ``GET /models``: the default and the largest page (MMS ``ListModels``).
 PAGE_LIMIT = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_GENERATION = "generation"
-
-
-class Conflict(ServingHTTPError):
-    code = 409
-
-
-class InsufficientStorage(ServingHTTPError):
-    """MMS's answer when a model does not fit (out of memory); SageMaker then unloads models and retries."""
-
-    code = 507
 
 
 def check_name(name: object) -> str:
@@ -100,127 +81,6 @@ def check_url(root: Path, url: object) -> Path:
     if not path.is_dir():
         raise BadRequest(f"url {url[:200]!r} is not a directory")
     return path
-
-
-@dataclass(frozen=True)
-class Registration:
-    """One registered model: ``modelName``/``modelUrl`` as answered, the directory loaded, and a token
-    unique to this registration (a model registered again gets a new one, and every worker reloads it)."""
-
-    name: str
-    url: str
-    path: str
-    token: str
-
-    def describe(self) -> dict[str, str]:
-        return {"modelName": self.name, "modelUrl": self.url}
-
-
-def _key(name: str) -> str:
-    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class Registry:
-    """The models registered in one ``serve`` (see the module docstring)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._generation = str(directory / _GENERATION)
-
-    def generation(self) -> int:
-        """How many changes the registry has seen (one ``stat``)."""
-        try:
-            return os.stat(self._generation).st_size
-        except FileNotFoundError:
-            return 0
-
-    def _bump(self) -> None:
-        fd = os.open(self._generation, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, b".")
-        finally:
-            os.close(fd)
-
-    def read(self) -> dict[str, Registration]:
-        found: dict[str, Registration] = {}
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if not entry.name.endswith(".json"):
-                    continue
-                try:
-                    data = json.loads(Path(entry.path).read_bytes())
-                    found[data["modelName"]] = Registration(data["modelName"], data["modelUrl"], data["path"],
-                                                            data["token"])
-                except FileNotFoundError:
-                    continue  # unregistered meanwhile
-                except (OSError, ValueError, KeyError, TypeError) as e:
-                    logger.warning("ignoring the unreadable registry file %s: %s", entry.path, e)
-        return found
-
-    @contextlib.contextmanager
-    def loading(self, name: str) -> Iterator[None]:
-        """Hold ``name``'s ``.loading`` marker for the block; 409 when a live process holds it already."""
-        marker = self.directory / f"{_key(name)}.loading"
-        for _ in range(2):
-            try:
-                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                try:
-                    owner = int(marker.read_text() or "0")
-                except (OSError, ValueError):
-                    owner = 0
-                if owner and _pid_alive(owner):
-                    raise Conflict(f"model {name!r} is being loaded") from None
-                with contextlib.suppress(FileNotFoundError):
-                    marker.unlink()  # its loader died (a worker killed mid-load): stale
-                continue
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            break
-        else:
-            raise Conflict(f"model {name!r} is being loaded")
-        try:
-            yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                marker.unlink()
-
-    def add(self, registration: Registration) -> bool:
-        """Register; False when the name is registered already. The file appears whole or not at all."""
-        data = json.dumps({"modelName": registration.name, "modelUrl": registration.url,
-                           "path": registration.path, "token": registration.token, "pid": os.getpid(),
-                           "time": time.time()}).encode()
-        fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
-        try:
-            os.write(fd, data)
-            os.close(fd)
-            try:
-                os.link(temp, self.directory / f"{_key(registration.name)}.json")
-            except FileExistsError:
-                return False
-        finally:
-            os.unlink(temp)
-        self._bump()
-        return True
-
-    def remove(self, name: str) -> bool:
-        """Unregister; False when ``name`` was not registered."""
-        try:
-            os.unlink(self.directory / f"{_key(name)}.json")
-        except FileNotFoundError:
-            return False
-        self._bump()
-        return True
 
 
 def split_model_path(rest: str) -> tuple[str, str | None]:
