@@ -47,7 +47,11 @@ def tree(tmp_path: Path) -> Path:
 
 def run(*args: str) -> Result:
     _register()
-    return CliRunner().invoke(cli, ["capture", "summary", *args])
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2 mixes stderr into stdout unless told
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 always keeps them apart
+    return runner.invoke(cli, ["capture", "summary", *args])
 
 
 def test_summary_text(tree: Path) -> None:
