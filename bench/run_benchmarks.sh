@@ -13,3 +13,5 @@ uptime
 uptime
 .venv/bin/python bench/mme_bench.py --it-python "$PY"
 uptime
+.venv/bin/python bench/front_bench.py
+uptime

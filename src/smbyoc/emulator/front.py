@@ -7,7 +7,9 @@ the one named). What it does with a request is a :class:`Router`'s business; the
 
 * an aiohttp server on the endpoint's port (in its own thread and event loop, so that the CLI stays
   synchronous), answering ``GET /ping`` and ``POST /invocations``;
-* one pooled aiohttp client session (keep-alive connections to the containers) the routers share;
+* one pool of keep-alive connections to the containers the routers share, an
+  :class:`~smbyoc.emulator.upstream.UpstreamPool` (a small HTTP/1.1 client: aiohttp's client cost a hop
+  270-420 µs of the front's CPU, bench/README.md), used through :func:`post` and :func:`send`;
 * SageMaker's request rules before a router sees anything: only the headers InvokeEndpoint defines reach a
   container (contract.md §3.3), each within its length limit, and the 6 MB body limit;
 * errors the platform raises (not the container) answered with ``X-Amzn-ErrorType`` and a JSON body
@@ -30,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from smbyoc.emulator.upstream import UpstreamError, UpstreamPool
 from smbyoc.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -153,8 +156,9 @@ class Router(Protocol):
     """What a front does with an invocation (a multi-model loader, a serial pipeline, a direct router)."""
 
     async def open(self, session: Any) -> None:
-        """Called once in the front's event loop before the first request; ``session`` is the shared
-        ``aiohttp.ClientSession``."""
+        """Called once in the front's event loop before the first request; ``session`` is the front's shared
+        :class:`~smbyoc.emulator.upstream.UpstreamPool` (keep-alive connections to the containers), to pass to
+        :func:`post` / :func:`send` (or its ``request``) in that loop only."""
 
     async def invoke(self, call: Call) -> Reply:
         """Answer one invocation; raise :class:`FrontError` for what the platform refuses."""
@@ -193,27 +197,30 @@ def returned_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return kept
 
 
-async def post(session: Any, url: str, body: bytes, headers: Mapping[str, str], *,
+async def post(session: UpstreamPool, url: str, body: bytes, headers: Mapping[str, str], *,
                timeout: float = INVOCATION_TIMEOUT, what: str = "the container") -> Reply:
     """POST ``body`` to ``url`` over ``session``; the answer as a :class:`Reply` (any status).
 
     A container that does not answer within ``timeout`` is a ``ModelError`` as SageMaker reports it (424, no
-    original status); one that cannot be reached at all is ``ServiceUnavailable`` (503)."""
-    import aiohttp
+    original status); one that cannot be reached, or whose answer is broken or over the upstream pool's limits, is
+    ``ServiceUnavailable`` (503)."""
+    return await send(session, "POST", url, body, headers, timeout=timeout, what=what)
 
-    if timeout <= 0:  # aiohttp reads 0 or less as "no timeout"
+
+async def send(session: UpstreamPool, method: str, url: str, body: bytes, headers: Mapping[str, str], *,
+               timeout: float = INVOCATION_TIMEOUT, what: str = "the container") -> Reply:
+    """:func:`post` for any method: the one place the upstream client's errors become the platform's."""
+    if timeout <= 0:  # a deadline already passed (a pipeline's later hop): the pool refuses such a timeout
         raise FrontError(424, "ModelError", f"Your invocation timed out while waiting for a response from {what}. "
                          "Review the endpoint's log.")
     try:
-        async with session.post(url, data=body, headers=dict(headers),
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
-            data = await answer.read()
-            return Reply(answer.status, data, returned_headers(answer.headers))
+        answer = await session.request(method, url, body, headers, timeout=timeout)
     except asyncio.TimeoutError as e:
         raise FrontError(424, "ModelError", f"Your invocation timed out while waiting for a response from "
                          f"{what}. Review the endpoint's log.") from e
-    except aiohttp.ClientError as e:
-        raise FrontError(503, "ServiceUnavailable", f"{what} cannot be reached: {e}") from e
+    except UpstreamError as e:
+        raise FrontError(503, "ServiceUnavailable", f"{what} cannot be reached or its answer is unusable: {e}") from e
+    return Reply(answer.status, answer.body, returned_headers(answer.headers))
 
 
 def error_payload(error: FrontError) -> bytes:
@@ -300,7 +307,6 @@ class Front:
             loop.close()
 
     async def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        import aiohttp
         from aiohttp import web
 
         self._stopped = asyncio.Event()
@@ -311,9 +317,7 @@ class Front:
         app.router.add_post("/endpoints/{name}/async-invocations", self._async_invocations)
         app.router.add_get("/_smbyoc/endpoints/{name}", self._describe)
         app.router.add_post("/_smbyoc/endpoints/{name}/weights", self._update_weights)
-        connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                        skip_auto_headers=("User-Agent", "Content-Type"))
+        session = UpstreamPool()
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         try:
             await self.router.open(session)

@@ -37,6 +37,7 @@ from smbyoc.emulator.front import (
     FrontError,
     Reply,
     post,
+    send,
     validation_error,
 )
 from smbyoc.errors import ArchiveError, ConfigError
@@ -264,10 +265,10 @@ class MultiModelRouter:
             if victim is None:
                 return False
             self._forget(victim)
-            async with self._session.delete(f"{self.container_url}/models/{victim.key}") as answer:
-                await answer.read()
-                if answer.status not in (200, 404):
-                    log.warning("unloading %s answered %s", victim.target, answer.status)
+            answer = await send(self._session, "DELETE", f"{self.container_url}/models/{victim.key}", b"", {},
+                                timeout=self.load_timeout, what="the multi-model container")
+            if answer.status not in (200, 404):
+                log.warning("unloading %s answered %s", victim.target, answer.status)
             self.counters.evictions += 1
             log.info("unloaded model %s (least recently used) to make room", victim.target)
             return True

@@ -21,9 +21,9 @@ a pipeline, the one that failed, the one targeted). It is smbyoc's header, not S
 container in its ``ModelError`` message (``Received server error (500) from <hostname> with message ...``,
 wording **[UNCONFIRMED]**), which a client can reproduce from it.
 
-Per hop the routers allocate nothing but the answer: the target URLs are built once, the front's pooled
-session keeps the connections to the containers alive, and the one header mapping of a request is updated in
-place from hop to hop.
+Per hop the routers allocate nothing but the answer: the target URLs are built once, the front's session (its
+:class:`~smbyoc.emulator.upstream.UpstreamPool`) keeps the connections to the containers alive, and the one header
+mapping of a request is updated in place from hop to hop.
 """
 
 from __future__ import annotations
@@ -96,9 +96,8 @@ class SerialRouter(_Router):
         body = call.body
         last = len(self.targets) - 1
         for position, target in enumerate(self.targets):
-            # (aiohttp reads a timeout of 0 as none at all)
-            left = max(deadline - time.monotonic(), 0.001)
-            reply = await post(self._session, target.url, body, headers, timeout=left,
+            # what is left of the chain's 60 s; none left: post answers the ModelError of a timeout
+            reply = await post(self._session, target.url, body, headers, timeout=deadline - time.monotonic(),
                                what=f"container {target.hostname}")
             if position == last or not reply.ok:
                 return _answer(reply, target.hostname)
