@@ -91,3 +91,15 @@ class JobFailedError(SmbyocError):
         super().__init__(message)
         self.status = status
         self.exit_code = exit_code
+
+
+class AwsError(SmbyocError):
+    """An AWS (or S3-compatible) service refused a call, could not be reached, or no credentials were found.
+
+    Raised only by :mod:`smbyoc.aws.client`, where botocore's errors are translated; carries the service's
+    error code when it sent one.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
