@@ -12,6 +12,8 @@ import pytest
 #: (scripts/setup-host-packages); a developer running pytest directly may not have them.
 HOST_TOOLS = {
     "nginx": "scripts/setup-host-packages (apt-get install nginx)",
+    "docker-registry": "scripts/setup-host-packages (apt-get install docker-registry)",
+    "htpasswd": "scripts/setup-host-packages (apt-get install apache2-utils)",
     "/usr/bin/python3": "apt-get install python3 (Debian's own Python, the one inside smbyoc's images)",
 }
 

@@ -383,7 +383,8 @@ SMBYOC_OWNER_TOKEN = _declare(EnvVar[str | None](
     "orphan sweep find all of them (also those that left the process group).", "emulator", "smbyoc"))
 SMBYOC_CACHE_DIR = _declare(EnvVar[str | None](
     "SMBYOC_CACHE_DIR", parse_optional_str, None,
-    "Cache of resolved wheelhouses, smbyoc wheels and base root file systems.", "emulator", "user",
+    "Cache of resolved wheelhouses, smbyoc wheels, base root file systems and S3 downloads (s3/, keyed by ETag).",
+    "emulator", "user",
     default_text="~/.cache/smbyoc"))
 SMBYOC_NPY_ALLOW_PICKLE = _declare(EnvVar(
     "SMBYOC_NPY_ALLOW_PICKLE", parse_bool, False,

@@ -18,6 +18,10 @@ def configure_logging(level: int = logging.INFO, stream: object = None) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+    # boto3/botocore log their own chatter at INFO ("Found credentials in environment variables"); smbyoc's
+    # AWS errors are translated and reported once (smbyoc.aws.client), so theirs show only with -vv.
+    for noisy in ("boto3", "botocore", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
 
 
 def _escape(char: str) -> str:

@@ -130,3 +130,16 @@ def test_trn2_48xlarge_is_fixed_like_the_toolkit(tmp_path: Path) -> None:
     ls = script(tmp_path, "neuron-ls", f"touch {marker}; echo '[]'")
     assert resources.count_neuron_cores("ml.trn2.48xlarge", command=[ls]) == 64
     assert not marker.exists()
+
+
+def test_an_instance_larger_than_the_machine_gets_all_its_cpus(caplog: pytest.LogCaptureFixture) -> None:
+    from smbyoc.emulator.containers import resource_args
+    from smbyoc.emulator.instance_types import lookup
+
+    big = lookup("ml.c6g.4xlarge")  # 16 vCPUs, 32 GiB
+    assert big.arch == "arm64" and lookup("ml.r8g.xlarge").memory_bytes == 32 * 1024**3
+    with caplog.at_level("WARNING"):
+        args = resource_args(big, None, host_cpus=2)
+    assert args["nano_cpus"] == 2 * 10**9 and args["mem_limit"] == big.memory_bytes
+    assert "16 vCPUs and this machine 2" in caplog.text
+    assert resource_args(lookup("ml.m5.large"), None, host_cpus=2)["nano_cpus"] == 2 * 10**9

@@ -52,9 +52,9 @@ def client(service: str, *, region: str | None = None, endpoint_url: str | None 
     With ``require_credentials`` (the default) the credential chain is resolved now, so that a machine with
     no credentials gets one line before any transfer starts rather than a traceback in the middle of one.
     """
+    sess = session(region=region, profile=profile)
     from botocore.config import Config
 
-    sess = session(region=region, profile=profile)
     if require_credentials:
         with translate_aws_errors(f"use {service}"):
             if sess.get_credentials() is None:
@@ -74,6 +74,14 @@ def error_code(error: BaseException) -> str | None:
     return None
 
 
+def _endpoint_of(url: str) -> str:
+    """``scheme://host[:port]`` of a request URL (the bucket, key and query of the failed request left out)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url
+
+
 def translate(error: BaseException, action: str) -> AwsError:
     """The smbyoc error for a botocore/boto3 error raised while doing ``action``."""
     from botocore import exceptions as bx
@@ -87,7 +95,7 @@ def translate(error: BaseException, action: str) -> AwsError:
     if isinstance(error, bx.NoRegionError):
         return AwsError(f"{action}: no region: pass --region or set AWS_REGION", code="NoRegion")
     if isinstance(error, bx.EndpointConnectionError | bx.ConnectTimeoutError):
-        url = getattr(error, "kwargs", {}).get("endpoint_url", "")
+        url = _endpoint_of(str(getattr(error, "kwargs", {}).get("endpoint_url", "")))
         return AwsError(f"{action}: cannot reach {url or 'the endpoint'} (check --endpoint-url and the network)",
                         code="EndpointConnectionError")
     if isinstance(error, bx.ClientError):

@@ -30,28 +30,47 @@ from smbyoc.images.variants import VARIANT_NAMES
               help="Serve images: add the label com.amazonaws.sagemaker.capabilities.multi-models=true, which "
                    "SageMaker requires of a multi-model endpoint's image (the runtime serves the /models API).")
 @click.option("--no-cache", is_flag=True, help="Do not use the Docker layer cache.")
+@click.option("--emit-context", "emit_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Build nothing: write a self-contained build context to DIR (Dockerfile with the base image "
+                   "and labels baked in, wheelhouse, entry point, README.md) that a plain `docker build DIR` or "
+                   "`docker buildx build --provenance=false --output type=docker DIR` builds to the same image. "
+                   "Prints DIR.")
+@click.option("--force", is_flag=True, help="With --emit-context: replace DIR when it is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result, not the build steps.")
 @library_errors
 def build(kind: str, variant: str, tag: str | None, code_dir: Path | None, base_image: str | None,
-          requirements: Path | None, multi_model: bool, no_cache: bool, quiet: bool) -> None:
+          requirements: Path | None, multi_model: bool, no_cache: bool, emit_dir: Path | None, force: bool,
+          quiet: bool) -> None:
     """Build a SageMaker image: resolve Python packages on this machine into a wheelhouse, build
     through the Docker Engine (no network inside the build), print the image id and size.
+    With --emit-context DIR, write that build context to DIR for `docker build` instead (CodeBuild,
+    any CI that runs docker itself); docs/build-context.md.
 
     \b
     Example:
       smbyoc build --kind serve --variant cpu --tag my-model:serve --context ./code
       smbyoc build --kind train --base-image smbyoc/base:bookworm   # air-gapped (scripts/build-base-image)
       smbyoc build --kind serve --multi-model --tag my-model:mme    # for a multi-model endpoint
+      smbyoc build --kind serve --context ./code --emit-context ctx   # then: docker build -t my-model:serve ctx
     """
-    from smbyoc.images.builder import MULTI_MODELS_LABEL, build_image
+    from smbyoc.images.builder import MULTI_MODELS_LABEL, build_image, emit_context
 
     if multi_model and kind != "serve":
         raise ConfigError("only for --kind serve (multi-model endpoints are for inference)", key="--multi-model")
-    result = build_image(kind, variant, tag, code_dir=code_dir, base_image=base_image,
-                         requirements=requirements, nocache=no_cache,
-                         labels={MULTI_MODELS_LABEL: "true"} if multi_model else None,
-                         progress=None if quiet else (lambda line: click.echo(line, err=True)))
-    click.echo(f"{result.tag} {result.image_id} {result.size_mb:.0f} MB")
+    labels = {MULTI_MODELS_LABEL: "true"} if multi_model else None
+    progress = None if quiet else (lambda line: click.echo(line, err=True))
+    if emit_dir is None:
+        if force:
+            raise ConfigError("only with --emit-context DIR (it replaces a non-empty DIR)", key="--force")
+        result = build_image(kind, variant, tag, code_dir=code_dir, base_image=base_image,
+                             requirements=requirements, nocache=no_cache, labels=labels, progress=progress)
+        click.echo(f"{result.tag} {result.image_id} {result.size_mb:.0f} MB")
+        return
+    if no_cache:
+        raise ConfigError("builds nothing with --emit-context; pass it to docker build", key="--no-cache")
+    emitted = emit_context(kind, emit_dir, variant, tag, code_dir=code_dir, base_image=base_image,
+                           requirements=requirements, labels=labels, force=force, progress=progress)
+    click.echo(str(emitted.path))
 
 
 COMMANDS = [build]

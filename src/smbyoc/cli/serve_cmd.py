@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import time
@@ -13,9 +14,12 @@ from typing import IO, TYPE_CHECKING
 import click
 
 from smbyoc.cli import library_errors
-from smbyoc.cli.options import parse_pairs
+from smbyoc.cli.options import LOCATION, endpoint_url_option, parse_pairs, progress_line, quiet_aws_logs
+from smbyoc.cli.request_options import maybe_print_or_submit_endpoint, request_options
 from smbyoc.emulator.endpoint import EndpointSpec
 from smbyoc.errors import ConfigError, ServingError
+from smbyoc.s3.staging import Staging
+from smbyoc.s3.uri import is_s3_uri
 
 if TYPE_CHECKING:
     from smbyoc.emulator.hosted_endpoint import HostedEndpoint
@@ -28,13 +32,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 @click.command("local-serve")
+@request_options("endpoint")
 @click.option("--mode", type=click.Choice(["docker", "process"]), default="docker",
               help="docker: `docker run IMAGE serve`; process: run smbyoc's `serve` locally (nginx in front "
                    "when installed, else gunicorn alone with a warning).")
 @click.option("--image", metavar="IMAGE", help="Serving image (docker mode; default: smbyoc's CPU serve image).")
-@click.option("--model-data", type=click.Path(path_type=Path), metavar="MODEL",
+@click.option("--model-data", type=LOCATION, metavar="MODEL",
               help="model.tar.gz or a directory, extracted to /opt/ml/model (default: the bundled example's "
-                   "model, trained first if needed).")
+                   "model, trained first if needed); an s3:// URI is downloaded through the cache.")
 @click.option("--port", type=int, default=8080, help="Host port (127.0.0.1 only unless --bind-address).")
 @click.option("--bind-address", default="127.0.0.1",
               help="Host address to publish on; 0.0.0.0 exposes the endpoint to the network.")
@@ -48,8 +53,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
               help="Write the endpoint URL to this file once /ping answers 200 (for scripts).")
 @click.option("--require-nginx", is_flag=True,
               help="Process mode: fail when nginx is not installed instead of serving through gunicorn alone.")
-@click.option("--multi-model", "multi_model", type=click.Path(path_type=Path), metavar="DIR",
-              help="Serve a multi-model endpoint: DIR holds the model .tar.gz files (the S3 prefix); each "
+@click.option("--multi-model", "multi_model", type=LOCATION, metavar="DIR",
+              help="Serve a multi-model endpoint: DIR (or an s3:// prefix) holds the model .tar.gz files; each "
                    "invocation names one with --target-model, loaded on first use, least recently used unloaded "
                    "when the container runs out of memory.")
 @click.option("--invocation-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
@@ -58,8 +63,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
               help="Multi-model: the most models loaded at once, least recently used unloaded first (0: as many as "
                    "the container's memory allows, SageMaker's only limit).")
 @click.option("--container", "container_texts", multiple=True, metavar="IMAGE[:MODEL]",
-              help="A multi-container endpoint (2-15 containers in order, one per option; MODEL a path with a '/' "
-                   "or a file:// URI), or the long form image=IMG,model=PATH,hostname=NAME,env=K=V. "
+              help="A multi-container endpoint (2-15 containers in order, one per option; MODEL a path with a '/', "
+                   "a file:// or an s3:// URI), or the long form image=IMG,model=PATH,hostname=NAME,env=K=V. "
                    "docs/multi-container.md.")
 @click.option("--inference-execution-mode", type=click.Choice(["Serial", "Direct"]), default="Serial",
               show_default=True, help="Multi-container: chain the containers (Serial) or route each request to the "
@@ -78,14 +83,15 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
               help="With --endpoint-config: what an SNS topic of NotificationConfig stands for: a JSON Lines file "
                    "(absolute path or file:// URI) or cmd:ARGV (the message on stdin). Default: "
                    "<state dir>/async/<endpoint>/notifications/<topic>.jsonl. Repeatable.")
+@endpoint_url_option
 @library_errors
 def local_serve(
-    mode: str, image: str | None, model_data: Path | None, port: int, bind_address: str,
+    mode: str, image: str | None, model_data: str | None, port: int, bind_address: str,
     env_pairs: tuple[str, ...], startup_health_timeout: float, instance_type: str, user: str | None,
-    ready_file: Path | None, require_nginx: bool, multi_model: Path | None, invocation_timeout: float,
+    ready_file: Path | None, require_nginx: bool, multi_model: str | None, invocation_timeout: float,
     max_loaded_models: int, container_texts: tuple[str, ...], inference_execution_mode: str,
     endpoint_config: Path | None, endpoint_name: str | None, seed: int | None, serverless_idle_timeout: float,
-    async_topics: tuple[str, ...],
+    async_topics: tuple[str, ...], endpoint_url: str | None,
 ) -> None:
     """Serve a model as a SageMaker endpoint until Ctrl-C (SIGTERM, then SIGKILL after 30 s).
 
@@ -97,14 +103,16 @@ def local_serve(
       smbyoc local-serve --mode process --require-nginx    # as in the image, or an error
       smbyoc local-serve --multi-model ./models            # then: smbyoc invoke --target-model a.tar.gz ...
       smbyoc local-serve --container smbyoc/preprocess:cpu:./prep --container my-algo:1:./model.tar.gz
+      smbyoc local-serve --mode process --model-data s3://my-bucket/jobs/my-job/output/model.tar.gz
     """
+    if maybe_print_or_submit_endpoint():
+        return
     from smbyoc.emulator.endpoint import DockerEndpoint, Endpoint, ProcessEndpoint
 
-    spec = EndpointSpec(model_data=model_data, port=port, bind_address=bind_address,
-                        environment=dict(parse_pairs(env_pairs, "--env")),
-                        startup_health_timeout=startup_health_timeout, instance_type=instance_type).validate()
-    if model_data is not None and not model_data.exists():
-        raise ConfigError("no such file or directory", key=f"--model-data {model_data}")
+    quiet_aws_logs()
+    EndpointSpec(model_data=None, port=port, bind_address=bind_address,
+                 environment=dict(parse_pairs(env_pairs, "--env")),
+                 startup_health_timeout=startup_health_timeout, instance_type=instance_type).validate()
     if endpoint_config is not None:
         for given, option in ((model_data, "--model-data"), (image, "--image"), (multi_model, "--multi-model"),
                               (container_texts or None, "--container")):
@@ -120,23 +128,33 @@ def local_serve(
             if given is not None:
                 raise ConfigError("a multi-container endpoint takes its images and models from --container",
                                   key=option)
+    # s3:// models are downloaded (through the cache) before anything starts; the endpoints see local paths.
+    staging = Staging(endpoint_url=endpoint_url, progress=progress_line)
+    local_model = None if model_data is None else staging.model(model_data, what="--model-data")
+    if local_model is not None and not local_model.exists():
+        raise ConfigError("no such file or directory", key=f"--model-data {model_data}")
+    models_dir = None if multi_model is None else staging.model(multi_model, what="--multi-model")
+    container_texts = tuple(stage_container_model(text, staging) for text in container_texts)
+    spec = EndpointSpec(model_data=local_model, port=port, bind_address=bind_address,
+                        environment=dict(parse_pairs(env_pairs, "--env")),
+                        startup_health_timeout=startup_health_timeout, instance_type=instance_type).validate()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     endpoint: Endpoint | MultiModelEndpoint | MultiContainerEndpoint | HostedEndpoint
     try:
         if endpoint_config is not None:
             endpoint = _hosted_endpoint(mode, spec, endpoint_config, endpoint_name, seed, user, require_nginx,
-                                        serverless_idle_timeout, parse_pairs(async_topics, "--async-topic"))
+                                        serverless_idle_timeout, parse_pairs(async_topics, "--async-topic"), staging)
         elif container_texts:
             endpoint = _multi_container_endpoint(mode, spec, container_texts, inference_execution_mode, user,
                                                  require_nginx)
-        elif multi_model is not None:
-            endpoint = _multi_model_endpoint(mode, spec, multi_model, image, user, require_nginx,
+        elif models_dir is not None:
+            endpoint = _multi_model_endpoint(mode, spec, models_dir, image, user, require_nginx,
                                             invocation_timeout, max_loaded_models)
         elif mode == "process":
             if image is not None or user is not None:
                 raise ConfigError("only for --mode docker", key="--image" if image else "--user")
             endpoint = ProcessEndpoint(spec, require_nginx=require_nginx)  # a missing nginx: said now
-            if model_data is None:
+            if local_model is None:
                 from smbyoc.emulator.default_model import default_model
 
                 try:
@@ -154,18 +172,18 @@ def local_serve(
                 from smbyoc.images.defaults import ensure_default_image
 
                 image = ensure_default_image(client, "serve")
-                if model_data is None:
+                if local_model is None:
                     from smbyoc.emulator.default_model import default_model
 
                     train_image = ensure_default_image(client, "train")
                     spec = _with_model(spec, default_model("docker", client, train_image))
-            elif model_data is None:
+            elif local_model is None:
                 raise ConfigError("give the model for IMAGE with --model-data", key="--model-data")
             endpoint = DockerEndpoint(spec, client, image, user=user)
         what = (f"{endpoint_config}" if endpoint_config is not None
                 else f"the models in {multi_model}" if multi_model is not None
                 else f"{len(container_texts)} containers ({inference_execution_mode})" if container_texts
-                else spec.model_data)
+                else model_data if model_data is not None else spec.model_data)
         click.echo(f"Starting endpoint ({mode} mode) for {what}", err=True)
         try:
             seconds = endpoint.start()
@@ -197,15 +215,28 @@ def _with_model(spec: EndpointSpec, model: Path) -> EndpointSpec:
     return replace(spec, model_data=model)
 
 
+#: ``IMAGE:s3://...`` (short form) or ``model=s3://...`` (long form) in a ``--container`` value.
+_S3_MODEL = re.compile(r"(?:(?<=:)|(?<=^)|(?<=,model=)|(?<=^model=))(s3://[^,]*)", re.IGNORECASE)
+
+
+def stage_container_model(text: str, staging: Staging) -> str:
+    """A ``--container`` value with its ``s3://`` model downloaded and replaced by the local path."""
+    found = _S3_MODEL.search(text)
+    if found is None or not is_s3_uri(found.group(1)):
+        return text
+    local = staging.model(found.group(1), what="--container")
+    return text[:found.start(1)] + str(local.resolve()) + text[found.end(1):]
+
+
 def _hosted_endpoint(mode: str, spec: EndpointSpec, path: Path, name: str | None, seed: int | None,
                      user: str | None, require_nginx: bool, serverless_idle_timeout: float,
-                     topics: list[tuple[str, str]]) -> HostedEndpoint:
+                     topics: list[tuple[str, str]], staging: Staging | None = None) -> HostedEndpoint:
     from dataclasses import replace as with_name
 
     from smbyoc.emulator.endpoint_config import load_endpoint_config
     from smbyoc.emulator.hosted_endpoint import HostedEndpoint, HostingOptions
 
-    definition = load_endpoint_config(path)
+    definition = load_endpoint_config(path, staging=staging)
     if name is not None:
         definition = with_name(definition, endpoint_name=name)
     options = HostingOptions(mode=mode, port=spec.port, bind_address=spec.bind_address, user=user,

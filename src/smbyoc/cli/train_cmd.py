@@ -6,19 +6,29 @@ import contextlib
 import json
 import shlex
 import sys
-from pathlib import Path
 
 import click
 
 from smbyoc import exit_codes
 from smbyoc.cli import library_errors
-from smbyoc.cli.options import parse_channel_settings, parse_pairs
+from smbyoc.cli.options import (
+    LOCATION,
+    channel_data_type,
+    endpoint_url_option,
+    parse_channel_settings,
+    parse_locations,
+    parse_pairs,
+    progress_line,
+    quiet_aws_logs,
+)
+from smbyoc.cli.request_options import maybe_print_or_submit_training, request_options
 from smbyoc.cli.status_line import StatusDisplay, stdout_to_stderr
 from smbyoc.emulator.job_spec import TrainingJobSpec, load_hyperparameters_argument, merge_hyperparameters
 from smbyoc.emulator.local_training import LocalTrainingJob, run_local_training
 from smbyoc.emulator.result import TrainingJobResult
 from smbyoc.errors import ConfigError
 from smbyoc.logs import terminal_safe
+from smbyoc.s3.staging import Staging
 
 
 class JobConsole:
@@ -49,9 +59,12 @@ class JobConsole:
             self.display.close()
 
 
-def echo_result(result: TrainingJobResult, as_json: bool) -> None:
+def echo_result(result: TrainingJobResult, as_json: bool, staging: Staging | None = None) -> None:
+    """The result on stdout (``--json``) or stderr; with ``staging``, S3 locations stand where they were given."""
+    where = staging.uri_of if staging is not None else str
     if as_json:
-        click.echo(json.dumps(result.describe(), indent=2))
+        describe = result.describe()
+        click.echo(json.dumps(staging.restore_uris(describe) if staging is not None else describe, indent=2))
         return
     colour = "green" if result.succeeded else "red"
     status = result.status if result.secondary_status in (result.status, "Completed") else \
@@ -70,11 +83,11 @@ def echo_result(result: TrainingJobResult, as_json: bool) -> None:
             click.echo(f"  {host.host}: exit status {host.exit_code}{note}", err=True)
     if result.artifacts is not None:
         for artifact in (result.artifacts.model, result.artifacts.output):
-            click.echo(f"  {artifact.path}  ({human_size(artifact.size)})")
+            click.echo(f"  {where(artifact.path)}  ({human_size(artifact.size)})")
         for clash in result.artifacts.clashes:
             click.echo(f"  warning: name clash: {clash}", err=True)
     if result.checkpoint_dir:
-        click.echo(f"  checkpoints: {result.checkpoint_dir}", err=True)
+        click.echo(f"  checkpoints: {where(result.checkpoint_dir)}", err=True)
 
 
 def human_size(size: int) -> str:
@@ -89,19 +102,22 @@ def human_size(size: int) -> str:
 
 
 @click.command("local-train")
+@request_options("training")
 @click.option("--mode", type=click.Choice(["docker", "process"]), default="docker",
               help="process: run `train` as a local process (no Docker; debuggers work); "
                    "docker: run the image as SageMaker does.")
 @click.option("--image", metavar="IMAGE", help="Training image (docker mode).")
 @click.option("-e", "--entry-point", metavar="PROGRAM",
               help="Program in --source-dir to run (sets the sagemaker_program hyperparameter).")
-@click.option("-s", "--source-dir", type=click.Path(path_type=Path), metavar="DIR",
-              help="Directory, file:// URI or .tar.gz with the user code (sagemaker_submit_directory).")
+@click.option("-s", "--source-dir", type=LOCATION, metavar="DIR",
+              help="Directory, file:// URI or .tar.gz with the user code (sagemaker_submit_directory); "
+                   "s3://.../sourcedir.tar.gz is downloaded and unpacked.")
 @click.option("--train-command", metavar="CMD",
               help="Process mode: the program run as `train` (default: smbyoc's runtime). Use it to run "
                    "your own `train` executable.")
 @click.option("-c", "--channel", "channels", multiple=True, metavar="NAME=PATH",
-              help="Input channel: a directory or file copied into /opt/ml/input/data/NAME. Repeatable.")
+              help="Input channel: a directory or file copied into /opt/ml/input/data/NAME, or an s3:// prefix, "
+                   "object or (--s3-data-type ManifestFile) manifest, downloaded through the cache. Repeatable.")
 @click.option("--content-type", "content_types", multiple=True, metavar="NAME=TYPE",
               help="ContentType of a channel in inputdataconfig.json. Repeatable.")
 @click.option("--input-mode", "input_modes", multiple=True, metavar="MODE|NAME=MODE",
@@ -127,8 +143,9 @@ def human_size(size: int) -> str:
               help="Encode values as the SDK's framework estimators do (json.dumps: \"adam\" -> '\"adam\"') "
                    "instead of str() like the generic Estimator.")
 @click.option("--job-name", metavar="NAME", help="Training job name (generated when absent).")
-@click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("smbyoc-output"),
-              help="Artifacts go to OUTPUT_DIR/JOB_NAME/output/{model,output}.tar.gz.")
+@click.option("-o", "--output-dir", type=LOCATION, default="smbyoc-output",
+              help="Artifacts go to OUTPUT_DIR/JOB_NAME/output/{model,output}.tar.gz (S3OutputPath: a directory "
+                   "or an s3:// prefix, uploaded when the job ends).")
 @click.option("--instance-type", default="local", metavar="TYPE",
               help="ML instance type (current_instance_type; CPU/memory limits in docker mode).")
 @click.option("--instance-count", type=int, default=1, help="Number of hosts (docker mode for more than 1).")
@@ -142,9 +159,9 @@ def human_size(size: int) -> str:
 @click.option("--max-runtime", type=float, metavar="SECONDS",
               help="StoppingCondition.MaxRuntimeInSeconds: SIGTERM at the limit, SIGKILL after the stop "
                    "timeout; the job ends Failed / MaxRuntimeExceeded.")
-@click.option("--checkpoint-s3-dir", type=click.Path(path_type=Path), metavar="DIR",
-              help="Stands for CheckpointConfig.S3Uri: copied into /opt/ml/checkpoints at start, synced back "
-                   "while running and at the end.")
+@click.option("--checkpoint-s3-dir", type=LOCATION, metavar="DIR",
+              help="CheckpointConfig.S3Uri: copied into /opt/ml/checkpoints at start, synced back while running "
+                   "and at the end (an s3:// prefix: downloaded at start, uploaded when the job ends).")
 @click.option("--spot-interruption-after", type=float, metavar="SECONDS",
               help="Managed spot emulation: reclaim the instances this long after start (SIGTERM, then "
                    "SIGKILL) and restart the job once, resuming from its checkpoints.")
@@ -155,17 +172,18 @@ def human_size(size: int) -> str:
 @click.option("--keep-tree", is_flag=True, help="Keep the job's /opt/ml tree for inspection.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a DescribeTrainingJob-shaped JSON result, alone on stdout (the job's logs go to stderr).")
+@endpoint_url_option
 @library_errors
 def local_train(
-    mode: str, image: str | None, entry_point: str | None, source_dir: Path | None,
+    mode: str, image: str | None, entry_point: str | None, source_dir: str | None,
     train_command: str | None, channels: tuple[str, ...], content_types: tuple[str, ...],
     input_modes: tuple[str, ...], distributions: tuple[str, ...], compressions: tuple[str, ...],
     record_wrappers: tuple[str, ...], data_types: tuple[str, ...], max_runtime: float | None,
-    checkpoint_s3_dir: Path | None, spot_interruption_after: float | None, network_isolation: bool,
+    checkpoint_s3_dir: str | None, spot_interruption_after: float | None, network_isolation: bool,
     gpus: int | None, hyperparameters_json: str | None, hyperparameter_pairs: tuple[str, ...],
-    json_encode_hyperparameters: bool, job_name: str | None, output_dir: Path, instance_type: str,
+    json_encode_hyperparameters: bool, job_name: str | None, output_dir: str, instance_type: str,
     instance_count: int, env_pairs: tuple[str, ...], region: str, stop_timeout: float, user: str | None,
-    keep_tree: bool, as_json: bool,
+    keep_tree: bool, as_json: bool, endpoint_url: str | None,
 ) -> None:
     """Run a training job as SageMaker would and write its model.tar.gz and output.tar.gz.
 
@@ -181,47 +199,61 @@ def local_train(
       smbyoc local-train --instance-count 2 --env SMBYOC_LAUNCHER=torchrun     # DDP over 2 containers
       smbyoc local-train --image my-algo -c train=./data --input-mode Pipe --compression train=Gzip
       smbyoc local-train --checkpoint-s3-dir ./ckpt --spot-interruption-after 30 --max-runtime 600
+      smbyoc local-train -c train=s3://my-bucket/data/train/ -o s3://my-bucket/jobs   # S3 in and out
+      smbyoc local-train --image ECR_URI -c train=s3://b/t --instance-type ml.m5.large --role-arn ARN --print-request
     """
+    if maybe_print_or_submit_training():
+        return
+    quiet_aws_logs()
     base_hps: dict[str, object] = load_hyperparameters_argument(hyperparameters_json) if hyperparameters_json else {}
     hp_pairs = parse_pairs(hyperparameter_pairs, "-H")
-    job = LocalTrainingJob(
-        mode="process" if mode == "process" else "docker",
-        image=image,
-        entry_point=entry_point,
-        source_dir=source_dir,
-        train_command=None if train_command is None else tuple(shlex.split(train_command)),
-        channels=tuple((name, Path(path)) for name, path in parse_pairs(channels, "--channel")),
-        content_types=dict(parse_pairs(content_types, "--content-type")),
-        channel_settings=(*parse_channel_settings(input_modes, "input_mode"),
-                          *parse_channel_settings(distributions, "distribution"),
-                          *parse_channel_settings(compressions, "compression"),
-                          *parse_channel_settings(record_wrappers, "record_wrapper"),
-                          *parse_channel_settings(data_types, "data_type")),
-        hyperparameters=merge_hyperparameters(base_hps, hp_pairs, json_encode=json_encode_hyperparameters),
-        json_encode_hyperparameters=json_encode_hyperparameters,
-        job_name=job_name,
-        output_dir=output_dir,
-        instance_type=instance_type,
-        instance_count=instance_count,
-        environment=dict(parse_pairs(env_pairs, "--env")),
-        region=region,
-        stop_timeout=stop_timeout,
-        user=user,
-        max_runtime_seconds=max_runtime,
-        checkpoint_dir=checkpoint_s3_dir,
-        spot_interruption_after=spot_interruption_after,
-        network_isolation=network_isolation,
-        gpus=gpus,
-        keep_tree=keep_tree,
-    )
-    console = JobConsole(mode, as_json)
-    try:
-        with stdout_to_stderr() if as_json else contextlib.nullcontext():
-            result = run_local_training(job, on_start=console.start, on_status=console.on_status,
-                                        sink=console.log_line)
-    finally:
-        console.close()
-    echo_result(result, as_json)
+    channel_pairs = parse_locations(channels, "--channel")
+    settings = (*parse_channel_settings(input_modes, "input_mode"),
+                *parse_channel_settings(distributions, "distribution"),
+                *parse_channel_settings(compressions, "compression"),
+                *parse_channel_settings(record_wrappers, "record_wrapper"),
+                *parse_channel_settings(data_types, "data_type"))
+    # s3:// locations become local paths before the job (outputs first: a missing bucket is said at once),
+    # and the outputs are uploaded after it; the emulator itself only sees local paths.
+    with Staging(endpoint_url=endpoint_url, progress=progress_line) as staging:
+        job = LocalTrainingJob(
+            mode="process" if mode == "process" else "docker",
+            image=image,
+            entry_point=entry_point,
+            output_dir=staging.output(output_dir, what="--output-dir"),
+            checkpoint_dir=None if checkpoint_s3_dir is None else
+            staging.checkpoints(checkpoint_s3_dir, what="--checkpoint-s3-dir"),
+            source_dir=None if source_dir is None else staging.code(source_dir, what="--source-dir"),
+            train_command=None if train_command is None else tuple(shlex.split(train_command)),
+            channels=tuple((name, staging.input(path, what=f"--channel {name}",
+                                                data_type=channel_data_type(settings, name)))
+                           for name, path in channel_pairs),
+            content_types=dict(parse_pairs(content_types, "--content-type")),
+            channel_settings=settings,
+            hyperparameters=merge_hyperparameters(base_hps, hp_pairs, json_encode=json_encode_hyperparameters),
+            json_encode_hyperparameters=json_encode_hyperparameters,
+            job_name=job_name,
+            instance_type=instance_type,
+            instance_count=instance_count,
+            environment=dict(parse_pairs(env_pairs, "--env")),
+            region=region,
+            stop_timeout=stop_timeout,
+            user=user,
+            max_runtime_seconds=max_runtime,
+            spot_interruption_after=spot_interruption_after,
+            network_isolation=network_isolation,
+            gpus=gpus,
+            keep_tree=keep_tree,
+        )
+        console = JobConsole(mode, as_json)
+        try:
+            with stdout_to_stderr() if as_json else contextlib.nullcontext():
+                result = run_local_training(job, on_start=console.start, on_status=console.on_status,
+                                            sink=console.log_line)
+        finally:
+            console.close()
+        staging.publish()
+        echo_result(result, as_json, staging)
     if result.status == "Stopped":
         raise SystemExit(exit_codes.STOPPED)
     if not result.succeeded:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
@@ -13,7 +12,8 @@ import click
 
 from smbyoc import exit_codes
 from smbyoc.cli import library_errors
-from smbyoc.cli.options import parse_pairs
+from smbyoc.cli.options import LOCATION, endpoint_url_option, parse_pairs, progress_line, quiet_aws_logs
+from smbyoc.cli.request_options import maybe_print_or_submit_transform, request_options
 from smbyoc.cli.status_line import StatusDisplay, format_elapsed, stdout_to_stderr
 from smbyoc.emulator.transform.engine import Progress
 from smbyoc.emulator.transform.spec import (
@@ -23,6 +23,7 @@ from smbyoc.emulator.transform.spec import (
     JOIN_SOURCES,
     S3_DATA_TYPES,
 )
+from smbyoc.s3.staging import Staging
 
 _SPLIT_TYPES = ("None", "Line", "RecordIO", "TFRecord")
 _STRATEGIES = ("SingleRecord", "MultiRecord")
@@ -63,15 +64,18 @@ def _choice(values: tuple[str, ...]) -> click.Choice[str]:
 
 
 @click.command("local-transform")
+@request_options("transform")
 @click.option("--mode", type=click.Choice(["docker", "process"]), default="docker",
               help="docker: `docker run IMAGE serve` per instance; process: smbyoc's `serve` as local processes.")
 @click.option("--image", metavar="IMAGE", help="Serving image (docker mode; default: smbyoc's CPU serve image).")
-@click.option("--model-data", type=click.Path(path_type=Path), metavar="MODEL",
-              help="model.tar.gz or a directory, extracted to /opt/ml/model in every container.")
-@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True, metavar="PATH",
-              help="A file, a directory (S3Prefix: every file below it) or a manifest (--s3-data-type ManifestFile).")
-@click.option("--output", "output_dir", type=click.Path(path_type=Path), required=True, metavar="DIR",
-              help="Where <object>.out files go, in the objects' relative folders (S3OutputPath).")
+@click.option("--model-data", type=LOCATION, metavar="MODEL",
+              help="model.tar.gz or a directory (or an s3:// URI), extracted to /opt/ml/model in every container.")
+@click.option("--input", "input_path", type=LOCATION, required=True, metavar="PATH",
+              help="A file, a directory (S3Prefix: every file below it) or a manifest (--s3-data-type ManifestFile); "
+                   "or the same as an s3:// object, prefix or manifest.")
+@click.option("--output", "output_dir", type=LOCATION, required=True, metavar="DIR",
+              help="Where <object>.out files go, in the objects' relative folders (S3OutputPath: a directory or an "
+                   "s3:// prefix, uploaded when the job ends).")
 @click.option("--job-name", help="TransformJobName (default: generated).")
 @click.option("--split-type", default="None", help=f"SplitType: {' | '.join(_SPLIT_TYPES)}.")
 @click.option("--batch-strategy", help=f"BatchStrategy: {' | '.join(_STRATEGIES)} (default: /execution-parameters, "
@@ -104,14 +108,16 @@ def _choice(values: tuple[str, ...]) -> click.Choice[str]:
 @click.option("--user", metavar="UID[:GID]", help="Docker mode: run the containers as this user.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a DescribeTransformJob-shaped JSON result, alone on stdout.")
+@endpoint_url_option
 @library_errors
 def local_transform(
-    mode: str, image: str | None, model_data: Path | None, input_path: Path, output_dir: Path,
+    mode: str, image: str | None, model_data: str | None, input_path: str, output_dir: str,
     job_name: str | None, split_type: str, batch_strategy: str | None, compression: str, content_type: str | None,
     accept: str | None, assemble_with: str, max_payload: int | None, max_concurrent_transforms: int | None,
     instance_count: int, instance_type: str, input_filter: str | None, output_filter: str | None,
     join_source: str, s3_data_type: str, invocations_timeout: int, invocations_max_retries: int,
     env_pairs: tuple[str, ...], startup_health_timeout: float, user: str | None, as_json: bool,
+    endpoint_url: str | None,
 ) -> None:
     """Run a batch transform job as SageMaker would: every input object through /invocations, one
     <object>.out each. Ctrl-C stops it like StopTransformJob.
@@ -125,41 +131,53 @@ def local_transform(
       smbyoc local-transform --mode process --model-data ./model --input data/ --output out/ \\
           --split-type Line --content-type text/csv --input-filter '$[1:]' --join-source Input \\
           --output-filter '$[0,-1]'
+      smbyoc local-transform --model-data s3://my-bucket/jobs/j/output/model.tar.gz \\
+          --input s3://my-bucket/batch/ --output s3://my-bucket/batch-out/ --split-type Line
     """
+    if maybe_print_or_submit_transform():
+        return
     from smbyoc.emulator.job_spec import default_job_name
     from smbyoc.emulator.transform.job import run_transform_job
     from smbyoc.emulator.transform.spec import TransformJobSpec
 
-    spec = TransformJobSpec(
-        job_name=job_name or default_job_name("smbyoc-transform"),
-        model_data=model_data, input_path=input_path, output_dir=output_dir,
-        mode="process" if mode == "process" else "docker", image=image, split_type=split_type,
-        batch_strategy=batch_strategy, compression=compression, content_type=content_type, accept=accept,
-        assemble_with=assemble_with, max_payload_mb=max_payload, max_concurrent_transforms=max_concurrent_transforms,
-        instance_count=instance_count, instance_type=instance_type, input_filter=input_filter,
-        output_filter=output_filter, join_source=join_source, s3_data_type=s3_data_type,
-        invocations_timeout=invocations_timeout, invocations_max_retries=invocations_max_retries,
-        environment=dict(parse_pairs(env_pairs, "--env")), startup_health_timeout=startup_health_timeout, user=user,
-    ).validate()
-    display = TransformDisplay(spec.job_name, spec.instance_count)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with stdout_to_stderr() if as_json else contextlib.nullcontext():
-            display.start()
-            result = run_transform_job(spec, on_status=display.on_status, on_progress=display.on_progress,
-                                       sink=display.log_line)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        display.close()
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        done = sum(1 for o in result.objects if o.output is not None)
-        line = (f"{spec.job_name}: {result.status}: {done} of {len(result.objects)} object(s), "
-                f"{result.records} record(s) -> {spec.output_dir}")
-        click.secho(line, fg="green" if result.succeeded else "red", err=True)
-        if result.failure_reason:
-            click.echo(f"FailureReason: {result.failure_reason}", err=True)
+    quiet_aws_logs()
+    # s3:// locations become local paths before the job (the output's bucket first) and the .out files are
+    # uploaded after it; the transform engine only sees local paths.
+    with Staging(endpoint_url=endpoint_url, progress=progress_line) as staging:
+        output = staging.output(output_dir, what="--output")
+        spec = TransformJobSpec(
+            job_name=job_name or default_job_name("smbyoc-transform"),
+            model_data=None if model_data is None else staging.model(model_data, what="--model-data"),
+            input_path=staging.input(input_path, what="--input", data_type=s3_data_type), output_dir=output,
+            mode="process" if mode == "process" else "docker", image=image, split_type=split_type,
+            batch_strategy=batch_strategy, compression=compression, content_type=content_type, accept=accept,
+            assemble_with=assemble_with, max_payload_mb=max_payload,
+            max_concurrent_transforms=max_concurrent_transforms, instance_count=instance_count,
+            instance_type=instance_type, input_filter=input_filter, output_filter=output_filter,
+            join_source=join_source, s3_data_type=s3_data_type, invocations_timeout=invocations_timeout,
+            invocations_max_retries=invocations_max_retries, environment=dict(parse_pairs(env_pairs, "--env")),
+            startup_health_timeout=startup_health_timeout, user=user,
+        ).validate()
+        display = TransformDisplay(spec.job_name, spec.instance_count)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            with stdout_to_stderr() if as_json else contextlib.nullcontext():
+                display.start()
+                result = run_transform_job(spec, on_status=display.on_status, on_progress=display.on_progress,
+                                           sink=display.log_line)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            display.close()
+        staging.publish()
+        if as_json:
+            click.echo(json.dumps(staging.restore_uris(result.to_dict()), indent=2))
+        else:
+            done = sum(1 for o in result.objects if o.output is not None)
+            line = (f"{spec.job_name}: {result.status}: {done} of {len(result.objects)} object(s), "
+                    f"{result.records} record(s) -> {staging.uri_of(spec.output_dir)}")
+            click.secho(line, fg="green" if result.succeeded else "red", err=True)
+            if result.failure_reason:
+                click.echo(f"FailureReason: {result.failure_reason}", err=True)
     if result.status == "Stopped":
         raise SystemExit(exit_codes.STOPPED)
     if not result.succeeded:

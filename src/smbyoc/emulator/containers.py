@@ -159,11 +159,23 @@ def chown_tree(client: Any, image: str, root: Path, owner: tuple[int, int], *, u
         log.warning("could not give %s back to uid %d (the image has no chown?): %s", root, uid, e)
 
 
-def resource_args(instance: Any, user: str | None) -> dict[str, Any]:
-    """``docker run`` limits for an instance type (vCPUs, memory; none for ``local``) and the user."""
+def resource_args(instance: Any, user: str | None, *, host_cpus: int | None = None) -> dict[str, Any]:
+    """``docker run`` limits for an instance type (vCPUs, memory; none for ``local``) and the user.
+
+    An instance with more vCPUs than this machine has gets all of the machine's CPUs (the engine refuses a
+    larger ``--cpus``), with one warning; the job still sees the instance's vCPU count in its resource config.
+    """
+    import os
+
     args: dict[str, Any] = {}
     if instance.vcpus is not None:
-        args["nano_cpus"] = int(instance.vcpus * 1e9)
+        vcpus = float(instance.vcpus)
+        available = host_cpus if host_cpus is not None else (os.cpu_count() or 1)
+        if vcpus > available:
+            log.warning("%s has %g vCPUs and this machine %d: its containers get all %d CPUs", instance.name,
+                        vcpus, available, available)
+            vcpus = float(available)
+        args["nano_cpus"] = int(vcpus * 1e9)
     if instance.memory_bytes is not None:
         args["mem_limit"] = instance.memory_bytes
     if user is not None:

@@ -19,7 +19,9 @@ order, each failure one :class:`ConfigError` line naming the file and the field 
    nothing of botocore is bypassed or patched;
 3. members smbyoc does not emulate (``ModelDataSource``, ``ExplainerConfig``...) are refused;
 4. the local rewrite: each S3-URI member becomes an absolute local path (relative paths are relative to the
-   file's directory); ``s3://`` and ``https://`` URIs are refused for now;
+   file's directory); with a staging (:mod:`smbyoc.s3.staging`, as ``local-serve`` passes) an ``s3://``
+   ``ModelDataUrl`` is downloaded through the cache and the request keeps the URI; ``s3://`` destinations (data
+   capture, async outputs, core dumps) and ``https://`` URLs are refused with one line;
 5. the rules SageMaker enforces on the server side (:mod:`smbyoc.emulator.endpoint_rules`; contract-endpoints.md
    §1, §2, §4.1, §5, §6; contract.md §3, §5, §6): variants name known models, unique variant names, shadow
    variants, weights, serverless and its exclusions, containers and hostnames, multi-model data, environment sizes.
@@ -41,7 +43,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smbyoc.emulator.api_validation import api_problems, json_type, service_model, uri_slots
 from smbyoc.emulator.endpoint_definition import Container, EndpointDefinition, Model, Variant
@@ -56,6 +58,9 @@ from smbyoc.emulator.endpoint_rules import (
     containers_of,
 )
 from smbyoc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from smbyoc.s3.staging import Staging
 
 __all__ = ["MAX_ENV_ITEM_BYTES", "MAX_ENV_TOTAL_BYTES", "MAX_SHADOW_VARIANTS", "SERVERLESS_MEMORY_STEP_MB",
            "Container", "EndpointDefinition", "Model", "Variant", "load_endpoint_config", "parse_endpoint_config"]
@@ -81,13 +86,21 @@ _NOT_EMULATED_VARIANT = {
 _NOT_EMULATED_ENDPOINT_CONFIG = {
     "ExplainerConfig": "is not emulated (SageMaker Clarify online explainability)",
 }
+#: Output locations that take local paths only, by the end of their field path.
+_LOCAL_DESTINATIONS = {
+    "DataCaptureConfig.DestinationS3Uri": "data capture (DataCaptureConfig.DestinationS3Uri)",
+    "OutputConfig.S3OutputPath": "async inference outputs (AsyncInferenceConfig.OutputConfig.S3OutputPath)",
+    "OutputConfig.S3FailurePath": "async inference failures (AsyncInferenceConfig.OutputConfig.S3FailurePath)",
+    "CoreDumpConfig.DestinationS3Uri": "core dumps (CoreDumpConfig.DestinationS3Uri)",
+}
 
 
 # ------------------------------------------------------------------------------------------ reading the file
 
 
-def load_endpoint_config(path: str | os.PathLike[str]) -> EndpointDefinition:
-    """Read, validate and resolve the endpoint configuration file ``path`` (JSON, or YAML with PyYAML)."""
+def read_document(path: str | os.PathLike[str]) -> Any:
+    """The file's document (JSON, or YAML with PyYAML), unvalidated; one line naming the file when it cannot be
+    read or parsed."""
     file = Path(path)
     source = str(file)
     suffix = file.suffix.lower()
@@ -101,8 +114,17 @@ def load_endpoint_config(path: str | os.PathLike[str]) -> EndpointDefinition:
         raise ConfigError(f"is not UTF-8 text ({e.reason} at byte {e.start})", source=source) from e
     except OSError as e:
         raise ConfigError(f"cannot be read: {e.strerror or e}", source=source) from e
-    document = _parse_yaml(text, source) if suffix in (".yaml", ".yml") else _parse_json(text, source)
-    return parse_endpoint_config(document, source=source, base_dir=Path(os.path.abspath(file)).parent)
+    return _parse_yaml(text, source) if suffix in (".yaml", ".yml") else _parse_json(text, source)
+
+
+def load_endpoint_config(path: str | os.PathLike[str], *, staging: Staging | None = None) -> EndpointDefinition:
+    """Read, validate and resolve the endpoint configuration file ``path`` (JSON, or YAML with PyYAML).
+
+    ``staging`` (a :class:`smbyoc.s3.staging.Staging`) downloads ``s3://`` model data; without one, S3 URIs
+    are refused."""
+    document = read_document(path)
+    return parse_endpoint_config(document, source=str(Path(path)), base_dir=Path(os.path.abspath(path)).parent,
+                                 staging=staging)
 
 
 class _DuplicateKey(ValueError):
@@ -183,9 +205,10 @@ def _is_s3(text: str) -> bool:
 class _Checker:
     """Validates one file's document; every failure is a ConfigError naming the file and the field path."""
 
-    def __init__(self, source: str, base_dir: Path) -> None:
+    def __init__(self, source: str, base_dir: Path, staging: Staging | None = None) -> None:
         self.source = source
         self.base_dir = base_dir
+        self.staging = staging
 
     def fail(self, key: str, message: str) -> ConfigError:
         return ConfigError(message, source=self.source, key=key)
@@ -210,7 +233,8 @@ class _Checker:
         paths: dict[str, Path] = {}
         for path, keys, text in list(uri_slots(resolved, shape, root)):
             local = self.local_path(text, path)
-            _set(resolved, keys, str(local))
+            if not _is_s3(text):  # an S3 URI stays in the request, as SageMaker gets it
+                _set(resolved, keys, str(local))
             paths[path] = local
         return paths
 
@@ -219,8 +243,7 @@ class _Checker:
         if found is not None:
             scheme = found.group(1).lower()
             if scheme in ("s3", "https"):
-                raise self.fail(key, f"{text!r}: S3 URIs are not supported yet; give a local path or a file:// URI "
-                                     "(relative paths are relative to this file's directory)")
+                return self.s3_path(text, key, scheme)
             if scheme != "file":
                 raise self.fail(key, f"{text!r}: expected a local path or a file:// URI")
             parts = urllib.parse.urlsplit(text)
@@ -235,14 +258,31 @@ class _Checker:
             local = self.base_dir / local
         return Path(os.path.abspath(local))
 
+    def s3_path(self, text: str, key: str, scheme: str) -> Path:
+        """A ``ModelDataUrl``'s model downloaded through the caller's staging; every other S3 member (and model
+        data without a staging) refused, one line each."""
+        for suffix, what in _LOCAL_DESTINATIONS.items():
+            if key.endswith(suffix):
+                raise self.fail(key, f"{text!r}: S3 URIs are not supported yet for {what}: s3:// destinations are "
+                                     "not emulated; give a local path or a file:// URI (relative to this file's "
+                                     "directory)")
+        if not key.endswith(".ModelDataUrl") or self.staging is None:
+            hint = " (smbyoc local-serve downloads s3:// model data)" if key.endswith(".ModelDataUrl") else ""
+            raise self.fail(key, f"{text!r}: S3 URIs are not supported yet; give a local path or a file:// URI{hint}")
+        if scheme != "s3":
+            raise self.fail(key, f"{text!r}: https:// model URLs are not supported; give an s3:// URI, a local path "
+                                 "or a file:// URI")
+        return self.staging.model(text, what=f"{self.source}: {key}")
+
 
 # ---------------------------------------------------------------------------------------------- the document
 
 
-def parse_endpoint_config(document: Any, *, source: str, base_dir: Path) -> EndpointDefinition:
+def parse_endpoint_config(document: Any, *, source: str, base_dir: Path,
+                          staging: Staging | None = None) -> EndpointDefinition:
     """Validate an already parsed endpoint configuration (``source`` names it in errors; relative paths resolve
-    against ``base_dir``)."""
-    checker = _Checker(source, base_dir)
+    against ``base_dir``; ``staging`` downloads ``s3://`` model data)."""
+    checker = _Checker(source, base_dir, staging)
     if not isinstance(document, dict):
         raise ConfigError(f"expected an object with {', '.join(TOP_LEVEL_FIELDS)}, got {json_type(document)}",
                           source=source)

@@ -44,6 +44,8 @@ _FAMILIES: dict[str, tuple[float, dict[str, int]]] = {
     "r5": (8, _SIZES_GENERAL),
     "t3": (4, {"medium": 2, "large": 2, "xlarge": 4, "2xlarge": 8}),
 }
+_SIZES_GRAVITON = {"large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16, "8xlarge": 32, "12xlarge": 48,
+                   "16xlarge": 64}
 _ARM_FAMILIES: dict[str, tuple[float, dict[str, int]]] = {
     "m6g": (4, {"large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16, "8xlarge": 32, "12xlarge": 48,
                 "16xlarge": 64}),
@@ -51,6 +53,11 @@ _ARM_FAMILIES: dict[str, tuple[float, dict[str, int]]] = {
                 "16xlarge": 64}),
     "c7g": (2, {"large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16, "8xlarge": 32, "12xlarge": 48,
                 "16xlarge": 64}),
+    # The other Graviton families of ProductionVariantInstanceType (contract-endpoints.md §8.1): compute 2 GiB,
+    # general purpose 4 GiB, memory optimised 8 GiB per vCPU.
+    **{family: (gib, _SIZES_GRAVITON) for family, gib in (
+        ("c6gd", 2), ("c6gn", 2), ("c8g", 2), ("m6gd", 4), ("m8g", 4), ("r6g", 8), ("r6gd", 8), ("r7gd", 8),
+        ("r8g", 8))},
 }
 # Accelerated types: name -> (vcpus, memory GiB, gpus, neuron devices)
 _ACCELERATED: dict[str, tuple[int, float, int, int]] = {

@@ -5,6 +5,8 @@ Public API::
     build_image(kind, variant="cpu", tag=None, *, code_dir=None, base_image=None, requirements=None,
                 client=None, cache=None, progress=None, nocache=False, labels=None) -> BuildResult
     ensure_image(kind, variant="cpu", tag=None, *, client=None, base_image=None, progress=None) -> str
+    emit_context(kind, dest, variant="cpu", tag=None, *, code_dir=None, base_image=None, requirements=None,
+                 labels=None, force=False, client=None, cache=None, progress=None) -> EmitResult
     default_tag(kind, variant="cpu") -> "smbyoc/<kind>:<variant>"
 
 Checks run before anything slow, each failing with one line: the variant builds that kind; the
@@ -25,7 +27,7 @@ from typing import Any
 
 import smbyoc
 from smbyoc.docker.client import get_client, translate_docker_errors
-from smbyoc.errors import BuildError
+from smbyoc.errors import BuildError, DockerError
 from smbyoc.images import context as build_context
 from smbyoc.images import repositories
 from smbyoc.images.variants import Variant, load_variant
@@ -157,14 +159,18 @@ def check_platform(variant: Variant, client: Any) -> None:
                          "install it with: apt-get install qemu-user-static binfmt-support")
 
 
-def preflight(variant: Variant, kind: str, client: Any, base_image: str | None = None,
-              progress: Progress | None = None) -> str:
-    """Every early check; returns the base image to use."""
-    variant.check_kind(kind)
+def _check_repositories(variant: Variant) -> None:
     for url in variant.pip_extra_index_urls:
         repositories.check_reachable(url, f"{variant.name}: the package repository")
     if variant.apt_repository is not None:
         repositories.check_reachable(variant.apt_repository.url, f"{variant.name}: the apt repository")
+
+
+def preflight(variant: Variant, kind: str, client: Any, base_image: str | None = None,
+              progress: Progress | None = None) -> str:
+    """Every early check; returns the base image to use."""
+    variant.check_kind(kind)
+    _check_repositories(variant)
     with translate_docker_errors(f"checking the base image of {variant.name}/{kind}"):
         base = resolve_base_image(variant, kind, client, base_image, progress)
         check_platform(variant, client)
@@ -176,6 +182,15 @@ def image_labels(variant: Variant, kind: str, base: str, extra: Mapping[str, str
     return {"org.smbyoc.variant": variant.name, "org.smbyoc.kind": kind,
             "org.smbyoc.version": smbyoc.__version__, "org.smbyoc.base-image": base,
             SOURCE_LABEL: source_fingerprint(), **(extra or {})}
+
+
+def build_args(variant: Variant, kind: str, base: str) -> dict[str, str]:
+    """The build arguments of the ``kind`` image of ``variant`` on ``base`` (passed through the Engine API by
+    :func:`build_image`, baked in as the ARG defaults by :func:`emit_context`)."""
+    args = {"BASE_IMAGE": base}
+    if variant.dockerfile(kind).name == "Dockerfile.neuron":
+        args["KIND"] = kind
+    return args
 
 
 def build_image(kind: str, variant: str | Variant = "cpu", tag: str | None = None, *,
@@ -197,9 +212,7 @@ def build_image(kind: str, variant: str | Variant = "cpu", tag: str | None = Non
     client = client or get_client()
     base = preflight(var, kind, client, base_image, progress)
     _say(progress, f"building {tag} ({var.name}/{kind}, {var.platform}) on {base}")
-    buildargs = {"BASE_IMAGE": base}
-    if var.dockerfile(kind).name == "Dockerfile.neuron":
-        buildargs |= {"KIND": kind}
+    buildargs = build_args(var, kind, base)
     all_labels = image_labels(var, kind, base, labels)
     with tempfile.TemporaryDirectory(prefix="smbyoc-build.") as tmp:
         ctx = build_context.assemble(spec, Path(tmp) / "context", cache=cache, progress=progress)
@@ -238,6 +251,67 @@ def _stream_build(client: Any, path: Path, tag: str, buildargs: dict[str, str], 
                     if progress:
                         progress(line)
     return image_id
+
+
+@dataclass(frozen=True)
+class EmitResult:
+    path: Path
+    tag: str
+    variant: str
+    kind: str
+    platform: str
+    base_image: str
+    seconds: float
+
+    def build_command(self) -> str:
+        """The plain ``docker build`` command for the emitted context."""
+        return build_context.build_command(self.platform, self.tag, str(self.path))
+
+
+def _emit_base(variant: Variant, kind: str, client: Any | None, explicit: str | None,
+               progress: Progress | None) -> str:
+    """The base image an emitted context builds on: chosen as :func:`build_image` chooses it when a Docker
+    Engine answers; with none, ``explicit`` or the variant's public default (the context may be built
+    elsewhere). The platform check (qemu) is the building machine's business, not this one's."""
+    if client is None:
+        try:
+            client = get_client()
+        except DockerError as e:
+            base = explicit or variant.base_image(kind)
+            _say(progress, f"base image: {base} (not checked: {e})")
+            return base
+    with translate_docker_errors(f"checking the base image of {variant.name}/{kind}"):
+        return resolve_base_image(variant, kind, client, explicit, progress)
+
+
+def emit_context(kind: str, dest: Path, variant: str | Variant = "cpu", tag: str | None = None, *,
+                 code_dir: Path | None = None, base_image: str | None = None, requirements: Path | None = None,
+                 labels: Mapping[str, str] | None = None, force: bool = False, client: Any | None = None,
+                 cache: Path | None = None, progress: Progress | None = None) -> EmitResult:
+    """Write to ``dest`` the build context of the image :func:`build_image` builds for the same arguments, for a
+    plain ``docker build`` (or ``docker buildx build --provenance=false``): the build args become the ARG
+    defaults, the labels a LABEL instruction (:func:`smbyoc.images.context.emit`). ``tag`` only goes into the
+    context's README. A non-empty ``dest`` is refused unless ``force``."""
+    started = time.monotonic()
+    var = variant if isinstance(variant, Variant) else load_variant(variant)
+    tag = tag or default_tag(kind, var.name)
+    spec = build_context.ContextSpec(var, kind, code_dir=code_dir, requirements=requirements)
+    spec.validate()
+    build_context.check_emit_destination(dest, force=force, code_dir=code_dir)
+    if var.discontinued:
+        logger.warning("%s: %s", var.name, var.discontinued)
+        if progress:
+            progress(f"WARNING: {var.discontinued}")
+    _check_repositories(var)
+    base = _emit_base(var, kind, client, base_image, progress)
+    _say(progress, f"emitting the {var.name}/{kind} build context ({var.platform}, on {base}) to {dest}")
+    ctx = build_context.emit(spec, dest, build_args=build_args(var, kind, base),
+                             labels=image_labels(var, kind, base, labels), tag=tag, force=force, cache=cache,
+                             progress=progress)
+    result = EmitResult(path=ctx.path, tag=tag, variant=var.name, kind=kind, platform=var.platform,
+                        base_image=base, seconds=time.monotonic() - started)
+    _say(progress, f"emitted {ctx.path} in {result.seconds:.1f}s; build it with: {result.build_command()}")
+    return result
 
 
 def ensure_image(kind: str, variant: str = "cpu", tag: str | None = None, *, client: Any | None = None,
