@@ -321,7 +321,7 @@ def test_ecr_failed_push_removes_the_repository_it_created(aws_env: str, readonl
 def test_ecr_unreachable_endpoint(aws_env: str, tiny_image: str) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     proc = smbyoc(tiny_image, "--ecr", "-r", "smbyoc-test/x", "--endpoint-url", dead, "--skip-validate")
-    assert error_line(proc) == f"Error: ECR GetAuthorizationToken: cannot reach {dead}/ (check --endpoint-url and " \
+    assert error_line(proc) == f"Error: ECR GetAuthorizationToken: cannot reach {dead} (check --endpoint-url and " \
                                "the network)"
 
 
