@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,12 +24,11 @@ from typing import Any
 
 import pytest
 
-from helpers import free_port
+from registry_support import run_registry
 
 pytestmark = pytest.mark.docker
 
 BASE_IMAGE = "smbyoc/base:bookworm"
-REGISTRY = "/usr/bin/docker-registry"
 #: The image config fields that make two images behave alike under `docker run` (and SageMaker).
 CONFIG_FIELDS = ("Entrypoint", "Cmd", "Env", "Labels", "User", "WorkingDir", "ExposedPorts", "Volumes",
                  "StopSignal", "Healthcheck", "Shell", "OnBuild")
@@ -176,35 +174,10 @@ def test_buildx_build_gives_the_smbyoc_build_image(docker_client: Any, emitted: 
 
 
 @pytest.fixture(scope="module")
-def registry(docker_client: Any) -> Iterator[str]:
+def registry(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A docker-registry on a free loopback port (the engine pushes to 127.0.0.0/8 over plain HTTP)."""
-    if not os.access(REGISTRY, os.X_OK):
-        missing("docker-registry", "scripts/setup-host-packages")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="smbyoc-registry.") as tmp:
-        config = Path(tmp) / "config.yml"
-        config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "
-                          f"{tmp}/data\nhttp:\n  addr: 127.0.0.1:{port}\n")
-        with open(Path(tmp) / "log", "wb") as log:
-            proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, (Path(tmp) / "log").read_text()
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
-                        break
-                except (urllib.error.URLError, OSError):
-                    assert time.monotonic() < deadline, "docker-registry did not answer within 30 s"
-                    time.sleep(0.1)
-            yield f"127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with run_registry(tmp_path_factory.mktemp("emit") / "registry") as running:
+        yield running.host
 
 
 @pytest.mark.parametrize("built_by", ["docker-build", "buildx"])
