@@ -1,5 +1,5 @@
 """What the endpoint front costs (issue 12): an endpoint config's one container called directly vs through the
-front, with data capture, and with a shadow variant.
+front, with data capture, and with a shadow variant; and the front's HTTP server against aiohttp's.
 
 Everything runs as local processes on 127.0.0.1 (process mode: each instance is `serve`, i.e. nginx + gunicorn
 with 2 workers; no Docker). The model is the bundled default example's model.tar.gz (trained once and cached by
@@ -9,32 +9,34 @@ Content-Type and Accept application/json.
 Paths (the endpoints are started once and kept for all rounds):
 
 * container: POST /invocations on endpoint B's one container, directly;
-* front: endpoint B (HostedEndpoint from an endpoint config, one variant), POST /endpoints/B/invocations;
-* front-aiohttp: the same container behind a second front built the same way (EndpointRouter, one Variant,
-  one instance) whose instance router is the client before this change: aiohttp's ClientSession
-  (`AiohttpContainerRouter` below, bench only);
+* front: endpoint B (HostedEndpoint from an endpoint config, one variant), POST /endpoints/B/invocations: the
+  front as shipped (smbyoc.emulator.http_server; uvloop's event loop when installed);
+* front-asyncio: the same container behind a second front built the same way (EndpointRouter, one Variant, one
+  instance) on asyncio's own event loop;
+* front-aiohttp: the same, with aiohttp's server (aiohttp.web, one catch-all route handing each request to the
+  same Front.handle) instead of smbyoc's, on asyncio's loop: the server the front had before (bench only);
 * front-null: a front whose router answers from memory (the front's own ceiling, no upstream call);
-* front-uvloop (with --uvloop, uvloop importable, e.g. PYTHONPATH=<dir with uvloop>): built as front-aiohttp
-  but with the upstream pool, its event loop uvloop's instead of asyncio's (what a faster loop would give);
 * capture: endpoint C, like B with DataCaptureConfig at 100 % (Input and Output, JSON captured as text);
 * shadow: endpoint D, one production and one shadow variant, shadow weight = production weight (every call
-  copied); the latencies wrk sees are production's.
+  copied; the shadow's processes at HostedEndpoint's default nice 19, --shadow-nice to change it); the
+  latencies wrk sees are production's, and the copies sent and dropped are printed.
 
 Load: `wrk -t2 -c8 -d{--duration}s --latency` with a Lua script that sets the method, body and headers, after
 1 s of uncounted load on the same path. --reps rounds, the paths interleaved inside each round (order rotated).
-Cells are medians over rounds; per-round ratios are printed too. Beside wrk's numbers: CPU seconds per request of
-the front's thread (/proc/self/task/<tid>/stat) and how busy the machine was (/proc/stat).
+Cells are medians over rounds; per-round ratios are printed too. Beside wrk's numbers: CPU per request of the
+front's thread, user and system apart (/proc/self/task/<tid>/stat), of the capture writer's thread, and how busy
+the machine was (/proc/stat).
 
 No CPU pinning: the front (a thread of this process), the capture writer thread, nginx, the gunicorn workers
 and wrk share the machine's CPUs as they would in `smbyoc local-serve`. With --pin instead (what the front costs
 when it does not compete with the container for CPUs, as on SageMaker, where the platform's front runs elsewhere):
-only the container, front and front-aiohttp paths, endpoint B's container (nginx, workers) pinned to the last
-CPU, the fronts' threads and wrk to the others. --shadow-nice N (what-if): the shadow variant's processes at nice N.
---clients: no wrk; each client alone (the upstream pool, aiohttp's, a bare Protocol that only counts bytes) making
-sequential calls to B's container from 1 and 8 tasks in this thread, CPU per call from getrusage(RUSAGE_THREAD).
+only the container and front paths, endpoint B's container (nginx, workers) pinned to the last CPU, the fronts'
+threads and wrk to the others. --clients: no wrk; each client alone (the upstream pool, aiohttp's, a bare Protocol
+that only counts bytes) making sequential calls to B's container from 1 and 8 tasks in this thread, CPU per call
+from getrusage(RUSAGE_THREAD).
 
     scripts/setup-bench-tools       # wrk
-    PATH=/usr/sbin:$PATH .venv/bin/python bench/front_bench.py [--reps 5 --duration 5] [--uvloop] [--pin]
+    PATH=/usr/sbin:$PATH .venv/bin/python bench/front_bench.py [--reps 5 --duration 5] [--pin]
 """
 
 from __future__ import annotations
@@ -57,41 +59,56 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mme_bench import run_wrk  # wrk with --latency, parsed
 
 from smbyoc.emulator.endpoint_config import parse_endpoint_config
-from smbyoc.emulator.front import Call, Front, Reply, returned_headers
+from smbyoc.emulator.front import Call, Front, Reply
 from smbyoc.emulator.hosted_endpoint import ContainerRouter, HostedEndpoint, HostingOptions
+from smbyoc.emulator.http_server import Request, Response
 from smbyoc.emulator.variants import EndpointRouter, Instance, Variant
 from smbyoc.serving.ports import free_port
 
 JSON = "application/json"
 BODY = b'{"instances": [[21.5, 0.8, 1012.0, 3.2, 45.0, 0.1, 12.0, 0.5]]}'
-PATHS = ("container", "front", "front-aiohttp", "front-null", "capture", "shadow")
-#: With --uvloop (uvloop importable): the same front as front-aiohttp but with the upstream pool, on uvloop's loop.
-UVLOOP_PATH = "front-uvloop"
+PATHS = ("container", "front", "front-asyncio", "front-aiohttp", "front-null", "capture", "shadow")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-# ------------------------------------------------------------------------------------------------ routers
-class AiohttpContainerRouter(ContainerRouter):
-    """The one-container router as it was before the upstream pool: aiohttp's ClientSession (the front's old
-    settings: unlimited pooled connector, no decompression, no User-Agent). Bench only, for the comparison."""
+# ------------------------------------------------------------------------------------------------ fronts
+class AiohttpFront(Front):
+    """The front with aiohttp's server instead of smbyoc's (what it had before http_server.py), bench only: one
+    catch-all route hands every request to the same :meth:`Front.handle`; asyncio's event loop."""
 
-    async def open(self, session: Any) -> None:
-        import aiohttp
+    async def _serve(self, ready: Any, failure: list[BaseException]) -> None:
+        import asyncio
 
-        connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
-        self._aio = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                          skip_auto_headers=("User-Agent", "Content-Type"))
+        from aiohttp import web
 
-    async def invoke(self, call: Call) -> Reply:
-        import aiohttp
+        from smbyoc.emulator.upstream import UpstreamPool
 
-        async with self._aio.post(self.url, data=call.body, headers=dict(call.headers),
-                                  timeout=aiohttp.ClientTimeout(total=self.timeout)) as answer:
-            data = await answer.read()
-            return Reply(answer.status, data, returned_headers(answer.headers))
+        self._stopped = asyncio.Event()
 
-    async def close(self) -> None:
-        await self._aio.close()
+        async def route(request: web.Request) -> web.Response:
+            body = await request.read()
+            ours = Request(request.method, request.raw_path.split("?")[0], request.query_string,
+                           f"{request.version.major}.{request.version.minor}",
+                           {name.lower(): value for name, value in request.headers.items()},
+                           request.content_length, request.keep_alive)
+            ours.body = body
+            answer: Response = await self.handle(ours)
+            return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
+
+        app = web.Application(client_max_size=self.max_body + 1)
+        app.router.add_route("*", "/{tail:.*}", route)
+        session = UpstreamPool()
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.router.open(session)
+        await runner.setup()
+        await web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=1024).start()
+        ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            await runner.cleanup()
+            await self.router.close()
+            await session.close()
 
 
 class NullRouter:
@@ -228,16 +245,16 @@ def document(name: str, model_tar: Path, *, capture: Path | None = None, shadow:
                 "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}}}]}
 
 
-def start_endpoint(doc: dict[str, Any], work: Path) -> HostedEndpoint:
+def start_endpoint(doc: dict[str, Any], work: Path, **options: Any) -> HostedEndpoint:
     definition = parse_endpoint_config(doc, source=str(work / f"{doc['EndpointName']}.json"), base_dir=work)
     endpoint = HostedEndpoint(definition, HostingOptions(mode="process", port=free_port(), seed=1,
-                                                         require_nginx=True), sink=lambda line: None)
+                                                         require_nginx=True, **options), sink=lambda line: None)
     endpoint.start()
     return endpoint
 
 
-def front_with(router: Any, name: str) -> Front:
-    front = Front(router, port=free_port(), endpoint_name=name)
+def front_with(router: Any, name: str, kind: type[Front] = Front, **kwargs: Any) -> Front:
+    front = kind(router, port=free_port(), endpoint_name=name, **kwargs)
     front.start()
     return front
 
@@ -255,9 +272,10 @@ def lua(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def thread_cpu(native_id: int) -> float:
+def thread_cpu(native_id: int) -> tuple[float, float]:
+    """User and system CPU seconds of a thread of this process."""
     fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def machine_busy() -> tuple[int, int]:
@@ -273,14 +291,17 @@ def front_thread(front: Front) -> int:
 
 def measure(url: str, script: Path, duration: float, thread_id: int, writer_id: int = 0) -> dict[str, Any]:
     run_wrk(url, script, 8, 1)  # uncounted
-    cpu0, writer0, (busy0, total0) = (thread_cpu(thread_id) if thread_id else 0.0,
-                                      thread_cpu(writer_id) if writer_id else 0.0, machine_busy())
+    none = (0.0, 0.0)
+    cpu0, writer0, (busy0, total0) = (thread_cpu(thread_id) if thread_id else none,
+                                      thread_cpu(writer_id) if writer_id else none, machine_busy())
     result = run_wrk(url, script, 8, duration)
-    cpu1, writer1, (busy1, total1) = (thread_cpu(thread_id) if thread_id else 0.0,
-                                      thread_cpu(writer_id) if writer_id else 0.0, machine_busy())
+    cpu1, writer1, (busy1, total1) = (thread_cpu(thread_id) if thread_id else none,
+                                      thread_cpu(writer_id) if writer_id else none, machine_busy())
     requests = max(result["requests"], 1)
-    result["front_us"] = (cpu1 - cpu0) / requests * 1e6 if thread_id else None
-    result["writer_us"] = (writer1 - writer0) / requests * 1e6 if writer_id else None
+    result["front_user_us"] = (cpu1[0] - cpu0[0]) / requests * 1e6 if thread_id else None
+    result["front_sys_us"] = (cpu1[1] - cpu0[1]) / requests * 1e6 if thread_id else None
+    result["front_us"] = (sum(cpu1) - sum(cpu0)) / requests * 1e6 if thread_id else None
+    result["writer_us"] = (sum(writer1) - sum(writer0)) / requests * 1e6 if writer_id else None
     result["busy"] = (busy1 - busy0) / max(total1 - total0, 1)
     return result
 
@@ -322,14 +343,16 @@ def med(rounds: list[dict[str, dict[str, Any]]], path: str, key: str) -> float:
 
 def report(rounds: list[dict[str, dict[str, Any]]], extra: dict[str, Any]) -> str:
     cpus = os.cpu_count() or 1
-    lines = ["| path | req/s | p50 ms | p99 ms | front thread µs CPU/request | machine busy | machine µs CPU/request |",
-             "|---|---|---|---|---|---|---|"]
-    for path in [p for p in (*PATHS, UVLOOP_PATH) if p in rounds[0]]:
-        front_us = [r[path]["front_us"] for r in rounds if r[path]["front_us"] is not None]
+    lines = ["| path | req/s | p50 ms | p99 ms | front thread µs CPU/request (user + system) | machine busy | "
+             "machine µs CPU/request |", "|---|---|---|---|---|---|---|"]
+    for path in [p for p in PATHS if p in rounds[0]]:
+        def front(key: str, path: str = path) -> str:
+            values = [r[path][key] for r in rounds if r[path].get(key) is not None]
+            return f"{statistics.median(values):.0f}" if values else "-"
+
         lines.append(f"| {path} | {med(rounds, path, 'rps'):,.0f} | {med(rounds, path, 'p50'):.2f} | "
-                     f"{med(rounds, path, 'p99'):.2f} | "
-                     f"{f'{statistics.median(front_us):.0f}' if front_us else '-'} | "
-                     f"{med(rounds, path, 'busy') * 100:.0f} % of {cpus} CPUs | "
+                     f"{med(rounds, path, 'p99'):.2f} | {front('front_us')} ({front('front_user_us')} + "
+                     f"{front('front_sys_us')}) | {med(rounds, path, 'busy') * 100:.0f} % of {cpus} CPUs | "
                      f"{statistics.median(r[path]['busy'] * cpus / r[path]['rps'] * 1e6 for r in rounds):.0f} |")
 
     def per_round(fn: Any) -> list[float]:
@@ -338,33 +361,31 @@ def report(rounds: list[dict[str, dict[str, Any]]], extra: dict[str, Any]) -> st
     def fmt(values: list[float], unit: str = "") -> str:
         return f"**{statistics.median(values):.3f}{unit}** (rounds: {', '.join(f'{v:.3f}' for v in values)})"
 
-    rps_front = per_round(lambda r: 1 - r["front"]["rps"] / r["container"]["rps"])
-    p99_front = per_round(lambda r: r["front"]["p99"] - r["container"]["p99"])
-    rps_aio = per_round(lambda r: 1 - r["front-aiohttp"]["rps"] / r["container"]["rps"])
-    p99_aio = per_round(lambda r: r["front-aiohttp"]["p99"] - r["container"]["p99"])
-    rps_capture = per_round(lambda r: 1 - r["capture"]["rps"] / r["container"]["rps"])
-    p99_capture = per_round(lambda r: r["capture"]["p99"] - r["container"]["p99"])
+    def lost(path: str) -> list[float]:
+        return per_round(lambda r: 1 - r[path]["rps"] / r["container"]["rps"])
+
+    def added(path: str) -> list[float]:
+        return per_round(lambda r: r[path]["p99"] - r["container"]["p99"])
+
+    def met(values: list[float], limit: float) -> str:
+        return "yes" if statistics.median(values) <= limit else "NO"
+
     shadow_p99 = per_round(lambda r: r["shadow"]["p99"] / r["front"]["p99"] - 1)
     lines += ["", "| target | measured (median of per-round values) | target | met |", "|---|---|---|---|",
-              f"| front: req/s lost vs container | {fmt(rps_front)} | ≤ 0.15 | "
-              f"{'yes' if statistics.median(rps_front) <= 0.15 else 'NO'} |",
-              f"| front: p99 added, ms | {fmt(p99_front)} | ≤ 1 | "
-              f"{'yes' if statistics.median(p99_front) <= 1 else 'NO'} |",
-              f"| capture 100 %: req/s lost vs container | {fmt(rps_capture)} | ≤ 0.25 | "
-              f"{'yes' if statistics.median(rps_capture) <= 0.25 else 'NO'} |",
-              f"| capture 100 %: p99 added, ms | {fmt(p99_capture)} | - | - |",
+              f"| front: req/s lost vs container | {fmt(lost('front'))} | ≤ 0.15 | {met(lost('front'), 0.15)} |",
+              f"| front: p99 added, ms | {fmt(added('front'))} | ≤ 1 | {met(added('front'), 1)} |",
+              f"| capture 100 %: req/s lost vs container | {fmt(lost('capture'))} | ≤ 0.25 | "
+              f"{met(lost('capture'), 0.25)} |",
+              f"| capture 100 %: p99 added, ms | {fmt(added('capture'))} | - | - |",
               f"| shadow 100 %: production p99 change vs front | {fmt(shadow_p99)} | ≤ 0.10 | "
-              f"{'yes' if abs(statistics.median(shadow_p99)) <= 0.10 else 'NO'} |",
-              f"| (aiohttp client) front: req/s lost vs container | {fmt(rps_aio)} | - | - |",
-              f"| (aiohttp client) front: p99 added, ms | {fmt(p99_aio)} | - | - |"]
-    if UVLOOP_PATH in rounds[0]:
-        lines += [f"| (uvloop) front: req/s lost vs container | "
-                  f"{fmt(per_round(lambda r: 1 - r[UVLOOP_PATH]['rps'] / r['container']['rps']))} | - | - |",
-                  f"| (uvloop) front: p99 added, ms | "
-                  f"{fmt(per_round(lambda r: r[UVLOOP_PATH]['p99'] - r['container']['p99']))} | - | - |"]
+              f"{'yes' if abs(statistics.median(shadow_p99)) <= 0.10 else 'NO'} |"]
+    for path in ("front-asyncio", "front-aiohttp"):
+        lines += [f"| ({path}) req/s lost vs container | {fmt(lost(path))} | - | - |",
+                  f"| ({path}) p99 added, ms | {fmt(added(path))} | - | - |"]
     writer = [r["capture"]["writer_us"] for r in rounds if r["capture"].get("writer_us") is not None]
     lines += ["", f"shadow copies: {extra['shadow']}; capture: {extra['capture']}; capture writer thread "
-              f"{statistics.median(writer) if writer else float('nan'):.0f} µs CPU/request"]
+              f"{statistics.median(writer) if writer else float('nan'):.0f} µs CPU/request; event loops: "
+              f"{extra['loops']}"]
     return "\n".join(lines)
 
 
@@ -374,12 +395,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured wrk run")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     parser.add_argument("--out", type=Path, help="write the raw results (JSON) here")
-    parser.add_argument("--uvloop", action="store_true", help="add the front-uvloop path (needs uvloop)")
     parser.add_argument("--pin", action="store_true", help="container on the last CPU, front and wrk on the others")
     parser.add_argument("--clients", action="store_true",
                         help="only the clients alone: CPU per call against endpoint B's container, then exit")
-    parser.add_argument("--shadow-nice", type=int, default=0,
-                        help="what-if: run the shadow variant's processes at this nice value (default 0: as is)")
+    parser.add_argument("--shadow-nice", type=int, default=HostingOptions.shadow_nice,
+                        help="nice value of the shadow variant's processes (HostingOptions.shadow_nice; 0: as "
+                             "production)")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -397,55 +418,43 @@ def main() -> int:
         endpoints.append(b)
         c = start_endpoint(document("bench-c", model_tar, capture=work / "capture"), work)
         endpoints.append(c)
-        d = start_endpoint(document("bench-d", model_tar, shadow=True), work)
+        d = start_endpoint(document("bench-d", model_tar, shadow=True), work, shadow_nice=args.shadow_nice)
         endpoints.append(d)
-        if args.shadow_nice:
-            for instance in d.instances:
-                if instance.name.startswith("Shadow"):
-                    for pid in tree(instance.handle.process.pid):
-                        for task in Path(f"/proc/{pid}/task").iterdir():  # (nice is per thread on Linux)
-                            os.setpriority(os.PRIO_PROCESS, int(task.name), args.shadow_nice)
-            print(f"what-if: the shadow variant's processes run at nice {args.shadow_nice}")
         container_url = b.instances[0].handle.url
         expected = invoke(container_url + "/invocations")
         if args.clients:
             clients(container_url + "/invocations", reps=args.reps)
             return 0
-        aio_router = EndpointRouter([Variant("AllTraffic", [Instance("aiohttp-1", AiohttpContainerRouter(
-            container_url), b.instances[0].handle)])])
-        fronts.append(front_with(aio_router, "bench-b"))
+
+        def one_instance(name: str) -> EndpointRouter:
+            return EndpointRouter([Variant("AllTraffic", [Instance(name, ContainerRouter(container_url),
+                                                                   b.instances[0].handle)])])
+
+        fronts.append(front_with(one_instance("asyncio-1"), "bench-b", event_loop="asyncio"))
+        fronts.append(front_with(one_instance("aiohttp-1"), "bench-b", AiohttpFront, event_loop="asyncio"))
         fronts.append(front_with(NullRouter(expected), "bench-b"))
-        if args.uvloop:
-            import asyncio
-
-            import uvloop
-
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # read when the front's thread makes its loop
-            try:
-                fronts.append(front_with(EndpointRouter([Variant("AllTraffic", [Instance(
-                    "uvloop-1", ContainerRouter(container_url), b.instances[0].handle)])]), "bench-b"))
-            finally:
-                asyncio.set_event_loop_policy(None)
+        assert b.front is not None and c.front is not None and d.front is not None
         targets: dict[str, tuple[str, int]] = {
             "container": (container_url + "/invocations", 0),
-            "front": (f"{b.url}/endpoints/bench-b/invocations", front_thread(b.front)),  # type: ignore[arg-type]
-            "front-aiohttp": (f"{fronts[0].url}/endpoints/bench-b/invocations", front_thread(fronts[0])),
-            "front-null": (f"{fronts[1].url}/endpoints/bench-b/invocations", front_thread(fronts[1])),
-            "capture": (f"{c.url}/endpoints/bench-c/invocations", front_thread(c.front)),  # type: ignore[arg-type]
-            "shadow": (f"{d.url}/endpoints/bench-d/invocations", front_thread(d.front)),  # type: ignore[arg-type]
+            "front": (f"{b.url}/endpoints/bench-b/invocations", front_thread(b.front)),
+            "front-asyncio": (f"{fronts[0].url}/endpoints/bench-b/invocations", front_thread(fronts[0])),
+            "front-aiohttp": (f"{fronts[1].url}/endpoints/bench-b/invocations", front_thread(fronts[1])),
+            "front-null": (f"{fronts[2].url}/endpoints/bench-b/invocations", front_thread(fronts[2])),
+            "capture": (f"{c.url}/endpoints/bench-c/invocations", front_thread(c.front)),
+            "shadow": (f"{d.url}/endpoints/bench-d/invocations", front_thread(d.front)),
         }
-        if args.uvloop:
-            targets[UVLOOP_PATH] = (f"{fronts[2].url}/endpoints/bench-b/invocations", front_thread(fronts[2]))
+        loops = {"front": b.front.loop_name, "front-asyncio": fronts[0].loop_name,
+                 "front-aiohttp": fronts[1].loop_name}
         for path, (url, _) in targets.items():
             answer = invoke(url)
             if json.loads(answer) != json.loads(expected):
                 raise RuntimeError(f"{path} answered {answer[:300]!r}, expected {expected[:300]!r}")
         script = lua(work / "post.lua")
         if args.pin:
-            pin(b, [front_thread(b.front), front_thread(fronts[0])])  # type: ignore[arg-type]
-            args.paths = ["container", "front", "front-aiohttp"]
+            pin(b, [front_thread(b.front), front_thread(fronts[0]), front_thread(fronts[1])])
+            args.paths = ["container", "front", "front-asyncio", "front-aiohttp"]
         rounds: list[dict[str, dict[str, Any]]] = []
-        paths = [p for p in PATHS if p in args.paths] + ([UVLOOP_PATH] if args.uvloop else [])
+        paths = [p for p in PATHS if p in args.paths]
         assert d.router is not None and c.capture is not None
         shadow_before = dict(vars(d.router.shadow_stats))
         for rep in range(args.reps):
@@ -456,7 +465,8 @@ def main() -> int:
                 writer = c.capture._thread.native_id if path == "capture" and c.capture._thread else 0
                 results[path] = r = measure(url, script, args.duration, thread_id, writer or 0)
                 print(f"round {rep + 1} {path:14s} {r['rps']:8,.0f} req/s  p50 {r['p50']:6.2f} ms  "
-                      f"p99 {r['p99']:6.2f} ms  front {r['front_us'] or 0:5.0f} µs/req  "
+                      f"p99 {r['p99']:6.2f} ms  front {r['front_us'] or 0:5.0f} µs/req "
+                      f"({r['front_user_us'] or 0:.0f} + {r['front_sys_us'] or 0:.0f})  "
                       f"writer {r['writer_us'] or 0:3.0f} µs/req  busy "
                       f"{r['busy'] * 100:3.0f} %  non-2xx {r['non2xx']} errors {r['errors']}", flush=True)
                 if r["non2xx"] or r["errors"]:
@@ -464,7 +474,8 @@ def main() -> int:
             rounds.append(results)
         c.capture.flush()
         shadow = {k: v - shadow_before[k] for k, v in vars(d.router.shadow_stats).items()}
-        extra = {"shadow": shadow, "capture": {k: v for k, v in vars(c.capture.stats).items() if v}}
+        extra = {"shadow": shadow, "capture": {k: v for k, v in c.capture.stats.to_dict().items() if v},
+                 "loops": loops, "shadow_nice": args.shadow_nice}
         print(f"\nend {datetime.datetime.now(datetime.timezone.utc):%H:%M:%S} UTC, load average "
               f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}\n")
         if set(PATHS) <= set(paths):
@@ -473,7 +484,7 @@ def main() -> int:
             for path in paths:
                 print(f"{path}: {med(rounds, path, 'rps'):,.0f} req/s, p50 {med(rounds, path, 'p50'):.2f} ms, "
                       f"p99 {med(rounds, path, 'p99'):.2f} ms, busy {med(rounds, path, 'busy') * 100:.0f} %")
-            for path in [p for p in paths if p.startswith("front-") or p == "front"]:
+            for path in [p for p in paths if p.startswith("front")]:
                 if "container" in paths:
                     lost = [1 - r[path]["rps"] / r["container"]["rps"] for r in rounds]
                     added = [r[path]["p99"] - r["container"]["p99"] for r in rounds]

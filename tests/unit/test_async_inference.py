@@ -24,9 +24,19 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from helpers import free_port
+from smbyoc.emulator import front as front_module
 from smbyoc.emulator.async_inference import DEFAULT_MAX_CONCURRENCY, AsyncEndpoint, current_invocation_timeout
 from smbyoc.emulator.front import Call, Front, FrontError, Reply
 from smbyoc.errors import ConfigError, ServingError
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def front_event_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with the endpoint front on asyncio's event loop and on uvloop's (its default when
+    installed): the same answers."""
+    pytest.importorskip(request.param)
+    monkeypatch.setattr(front_module, "DEFAULT_EVENT_LOOP", request.param)
+    return str(request.param)
 
 NAME = "churn-async"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -403,8 +413,12 @@ def test_body_xor_input_location_and_the_input_file(tmp_path: Path) -> None:
         expect_validation(rt, "mutually exclusive; provide exactly one", Body=b"x", InputLocation=str(data))
         expect_validation(rt, "provide exactly one of Body and InputLocation .* has neither")
         expect_validation(rt, "Body: the request body has 128,001 bytes; the limit is 128,000", Body=b"x" * 128_001)
-        expect_validation(rt, r"X-Amzn-SageMaker-InputLocation: 's3://bucket/key': S3 URIs are not supported yet",
-                          InputLocation="s3://bucket/key")
+        expect_validation(rt, r"X-Amzn-SageMaker-InputLocation s3://Bad_Bucket/key: bucket 'Bad_Bucket' is not a "
+                          "valid name", InputLocation="s3://Bad_Bucket/key")
+        expect_validation(rt, "X-Amzn-SageMaker-InputLocation s3://bucket/folder/: names a folder",
+                          InputLocation="s3://bucket/folder/")
+        expect_validation(rt, "X-Amzn-SageMaker-InputLocation: 'https://b.s3.amazonaws.com/k': S3 URIs are not "
+                          "supported yet in the https:// form", InputLocation="https://b.s3.amazonaws.com/k")
         expect_validation(rt, "X-Amzn-SageMaker-InputLocation: 'data.csv' is a relative path",
                           InputLocation="data.csv")
         expect_validation(rt, f"X-Amzn-SageMaker-InputLocation: {tmp_path / 'missing.csv'} cannot be read: No such "
@@ -469,7 +483,10 @@ def test_a_configuration_file_drives_the_endpoint(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("document", "match"), [
     ({}, "AsyncInferenceConfig.OutputConfig: required field is missing"),
-    ({"OutputConfig": {"S3OutputPath": "s3://bucket/out"}}, "S3OutputPath: 's3://bucket/out': S3 URIs are not"),
+    ({"OutputConfig": {"S3OutputPath": "s3://Bad_Bucket/out"}},
+     "S3OutputPath s3://Bad_Bucket/out: bucket 'Bad_Bucket' is not a valid name"),
+    ({"OutputConfig": {"S3OutputPath": "/o", "S3FailurePath": "https://b.s3.amazonaws.com/f"}},
+     "S3FailurePath: 'https://b.s3.amazonaws.com/f': S3 URIs are not supported yet in the https:// form"),
     ({"OutputConfig": {"S3OutputPath": "out"}}, "S3OutputPath: 'out' is relative"),
     ({"OutputConfig": {"S3OutputPath": "/o"}, "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 0}},
      "MaxConcurrentInvocationsPerInstance: 0: expected an integer from 1 to 1000"),
@@ -591,3 +608,245 @@ def test_a_request_in_flight_at_two_deaths_fails(tmp_path: Path) -> None:
     assert not path_of(answers[0]["OutputLocation"]).exists()
     assert [c.body for c in working.calls] == [b"k1", b"k2"]
     assert [path_of(a["OutputLocation"]).read_bytes() for a in answers[1:]] == [b"echo:k1", b"echo:k2"]
+
+
+# ------------------------------------------------------------------------------------------ S3 locations
+BUCKET = "async-data"
+
+
+@pytest.fixture()
+def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Any]:
+    """A clean real S3 API (moto in server mode) reached only through ``endpoint_url`` (no ``AWS_ENDPOINT_URL*``
+    in the environment: the endpoint must pass the URL on), its bucket, and a boto3 client for the test's own
+    fixtures and checks."""
+    import boto3
+
+    for name in list(os.environ):
+        if name.startswith("AWS_ENDPOINT_URL"):
+            monkeypatch.delenv(name)
+    for name, value in {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+                        "AWS_CONFIG_FILE": "/nonexistent/config", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
+    store = boto3.client("s3", endpoint_url=moto_server)
+    store.create_bucket(Bucket=BUCKET)
+    return moto_server, store
+
+
+def s3_config(**members: Any) -> dict[str, Any]:
+    output = {"S3OutputPath": f"s3://{BUCKET}/out", "S3FailurePath": f"s3://{BUCKET}/failed", **members}
+    return {"OutputConfig": output}
+
+
+def key_of(uri: str) -> str:
+    assert uri.startswith(f"s3://{BUCKET}/"), uri
+    return uri[len(f"s3://{BUCKET}/"):]
+
+
+def s3_object(store: Any, uri: str) -> tuple[bytes, str]:
+    found = store.get_object(Bucket=BUCKET, Key=key_of(uri))
+    return found["Body"].read(), found["ContentType"]
+
+
+def s3_keys(store: Any, prefix: str = "") -> list[str]:
+    return sorted(o["Key"] for o in store.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", ()))
+
+
+def test_s3_input_output_failure_and_notifications(tmp_path: Path, s3: tuple[str, Any]) -> None:
+    url, store = s3
+    store.put_object(Bucket=BUCKET, Key="in/rows.csv", Body=b"1,2,3")
+    topic = tmp_path / "topics" / "all.jsonl"
+    document = s3_config(NotificationConfig={"SuccessTopic": str(topic), "ErrorTopic": str(topic)})
+    router = FakeRouter()
+    with served(tmp_path / "state", document, router, endpoint_url=url) as (rt, endpoint):
+        done = rt.invoke_endpoint_async(EndpointName=NAME, InputLocation=f"s3://{BUCKET}/in/rows.csv",
+                                        ContentType="text/csv", Accept="application/json", InferenceId="s3-1")
+        request_id = re.fullmatch(rf"s3://{BUCKET}/out/({UUID})\.out", done["OutputLocation"])
+        assert request_id is not None
+        assert done["FailureLocation"] == f"s3://{BUCKET}/failed/{request_id.group(1)}-error.out"
+        failed = rt.invoke_endpoint_async(EndpointName=NAME, Body=b"fail", S3OutputPathExtension="runs/7",
+                                          Filename="r.json")
+        assert (failed["OutputLocation"], failed["FailureLocation"]) == (
+            f"s3://{BUCKET}/out/runs/7/r.json", f"s3://{BUCKET}/failed/runs/7/r-error.out")
+        wait_until(lambda: endpoint.stats().completed == 1 and endpoint.stats().failed == 1)
+        assert not queued(tmp_path / "state")
+    (from_s3,) = [c for c in router.calls if c.body != b"fail"]  # the S3 read may let the inline one overtake
+    assert (from_s3.body, from_s3.header("Content-Type")) == (b"1,2,3", "text/csv")
+    assert s3_object(store, done["OutputLocation"]) == (b"echo:1,2,3", "application/json")
+    assert s3_object(store, failed["FailureLocation"]) == (b"boom", "text/plain")  # the container's own body
+    assert s3_keys(store) == sorted([key_of(done["OutputLocation"]), key_of(failed["FailureLocation"]),
+                                     "in/rows.csv"])
+    assert not (tmp_path / "state" / "queue").exists() or not list((tmp_path / "state" / "queue").iterdir())
+    messages = [m for m in lines(topic) if m["eventName"] == "InferenceResult"]
+    by_id = {m["inferenceId"]: m for m in messages}
+    assert by_id["s3-1"]["requestParameters"]["inputLocation"] == f"s3://{BUCKET}/in/rows.csv"
+    assert by_id["s3-1"]["responseParameters"]["outputLocation"] == done["OutputLocation"]
+    assert by_id[failed["InferenceId"]]["responseParameters"]["failureLocation"] == failed["FailureLocation"]
+
+
+def test_s3_input_problems_fail_into_the_failure_location(tmp_path: Path, s3: tuple[str, Any],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from smbyoc.emulator.async_inference import request as request_module
+
+    url, store = s3
+    store.put_object(Bucket=BUCKET, Key="in/big.bin", Body=b"x" * 11)
+    store.put_object(Bucket=BUCKET, Key="in/later-deleted.bin", Body=b"x")
+    monkeypatch.setattr(request_module, "MAX_PAYLOAD", 10)  # the 1 GB limit, checked from the object's size
+    router = FakeRouter(open_gate=False)
+    with served(tmp_path / "state", s3_config(), router, endpoint_url=url,
+                default_max_concurrency=1) as (rt, endpoint):
+        blocking = rt.invoke_endpoint_async(EndpointName=NAME, Body=b"first")
+        wait_until(lambda: router.in_flight == 1)
+        answers = [rt.invoke_endpoint_async(EndpointName=NAME, InputLocation=f"s3://{BUCKET}/{key}")
+                   for key in ("in/missing.csv", "in/big.bin", "in/later-deleted.bin")]
+        store.delete_object(Bucket=BUCKET, Key="in/later-deleted.bin")  # accepted, gone before it runs
+        router.gate.set()
+        wait_until(lambda: endpoint.stats().failed == 3 and endpoint.stats().completed == 1)
+    reasons = [s3_object(store, a["FailureLocation"])[0].decode() for a in answers]
+    assert reasons == [
+        f"ClientError: the input s3://{BUCKET}/in/missing.csv cannot be read: no such object",
+        f"ClientError: the input s3://{BUCKET}/in/big.bin cannot be read: the object has 11 bytes; the limit is 10",
+        f"ClientError: the input s3://{BUCKET}/in/later-deleted.bin cannot be read: no such object"]
+    assert [c.body for c in router.calls] == [b"first"]  # none of the three reached the container
+    assert s3_object(store, blocking["OutputLocation"])[0] == b"echo:first"
+
+
+def test_s3_input_without_credentials_fails_the_request_not_the_endpoint(tmp_path: Path, s3: tuple[str, Any],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = s3
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    with served(tmp_path / "state", config(tmp_path), FakeRouter(), endpoint_url=url) as (signed, endpoint):
+        rt = unsigned_client(signed.meta.endpoint_url)  # the test's own client has no credentials to sign with
+        answer = rt.invoke_endpoint_async(EndpointName=NAME, InputLocation=f"s3://{BUCKET}/in/x.csv")
+        failure = path_of(answer["FailureLocation"])
+        wait_until(failure.exists)
+        assert failure.read_text().startswith(f"ClientError: the input s3://{BUCKET}/in/x.csv cannot be read: use "
+                                              "s3: no AWS credentials found in the credential chain")
+        wait_until(lambda: endpoint.stats().failed == 1 and not queued(tmp_path / "state"))
+
+
+def unsigned_client(url: str) -> Any:
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    return boto3.client("sagemaker-runtime", endpoint_url=url, region_name="us-east-1",
+                        config=Config(signature_version=UNSIGNED, retries={"total_max_attempts": 1}))
+
+
+def test_s3_locations_are_checked_at_start_and_at_submit(tmp_path: Path, s3: tuple[str, Any]) -> None:
+    url, _ = s3
+    with pytest.raises(ConfigError, match=r"^--endpoint-url ftp://store: expected an http:// or https:// URL"):
+        AsyncEndpoint(s3_config(), NAME, tmp_path / "state", FakeRouter().call, endpoint_url="ftp://store")
+    missing = AsyncEndpoint(s3_config(S3FailurePath="s3://no-such-bucket/failed"), NAME, tmp_path / "state",
+                            FakeRouter().call, endpoint_url=url)
+    front = Front(FakeRouter(), port=free_port(), endpoint_name=NAME, async_invocations=missing)
+    with pytest.raises(ConfigError, match=r"^AsyncInferenceConfig.OutputConfig.S3FailurePath s3://no-such-bucket/"
+                                          r"failed: no such bucket 'no-such-bucket'$"):
+        front.start()
+    assert not (tmp_path / "state" / "queue").exists()  # said before anything was taken
+    long_prefix = f"s3://{BUCKET}/" + "p" * 600
+    with served(tmp_path / "state", s3_config(S3OutputPath=long_prefix), FakeRouter(), endpoint_url=url) as (rt, _):
+        expect_validation(rt, r"X-Amzn-SageMaker-S3OutputPathExtension: s3://async-data/p+/e+/[-0-9a-f]+\.out: "
+                          "object keys are at most 1024 bytes", Body=b"x", S3OutputPathExtension="e" * 500)
+        assert not queued(tmp_path / "state")
+
+
+@contextlib.contextmanager
+def another_s3_store() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A second moto server of the test's own, which the test can take away (an S3 outage)."""
+    import shutil
+
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    assert server is not None
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                    return True
+            except OSError:
+                assert proc.poll() is None, "moto_server exited"
+                return False
+
+        wait_until(up, timeout=60)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_results_kept_while_s3_is_unreachable_are_stored_after_a_restart(tmp_path: Path,
+                                                                         s3: tuple[str, Any]) -> None:
+    import boto3
+
+    url, store = s3
+    state = tmp_path / "state"
+    first = FakeRouter()
+    with another_s3_store() as (outage_url, proc):
+        boto3.client("s3", endpoint_url=outage_url).create_bucket(Bucket=BUCKET)
+        with served(state, s3_config(), first, endpoint_url=outage_url) as (rt, endpoint):
+            proc.terminate()  # S3 goes away after the start-up check: the results cannot be uploaded
+            proc.wait(timeout=10)
+            answers = [rt.invoke_endpoint_async(EndpointName=NAME, Body=f"k{i}".encode()) for i in range(3)]
+            wait_until(lambda: endpoint.stats().results_unwritable == 3, timeout=60)
+            assert endpoint.stats().failed == 0  # an unreachable store does not turn an output into a failure
+    assert len(queued(state)) == 3
+    assert len(list((state / "queue").glob("*.result.info"))) == 3  # each result kept with its request
+    again = FakeRouter()
+    with served(state, s3_config(), again, endpoint_url=url) as (_, endpoint):  # the same bucket, reachable
+        wait_until(lambda: endpoint.stats().completed == 3 and not queued(state))
+    assert len(first.calls) == 3 and again.calls == []  # stored after the restart, not run again
+    assert [s3_object(store, a["OutputLocation"]) for a in answers] == [
+        (f"echo:k{i}".encode(), "text/plain") for i in range(3)]
+    assert s3_keys(store, "failed/") == []
+    assert sorted(p.name for p in (state / "queue").iterdir()) == []
+
+
+def test_a_configuration_file_keeps_s3_async_locations(tmp_path: Path) -> None:
+    from smbyoc.emulator.endpoint_config import parse_endpoint_config
+
+    def document(output: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"EndpointName": NAME,
+                "Models": [{"ModelName": "m", "PrimaryContainer": {"Image": "smbyoc/serve:cpu"}}],
+                "EndpointConfig": {"EndpointConfigName": "c", "AsyncInferenceConfig": {"OutputConfig": output},
+                                   "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "m",
+                                                           "InstanceType": "ml.m5.xlarge",
+                                                           "InitialInstanceCount": 1}], **extra}}
+
+    def parse(doc: dict[str, Any]) -> Any:
+        return parse_endpoint_config(doc, source="endpoint.json", base_dir=tmp_path)
+
+    definition = parse(document({"S3OutputPath": f"s3://{BUCKET}/out", "S3FailurePath": "failures"}))
+    assert definition.async_config == {"OutputConfig": {"S3OutputPath": f"s3://{BUCKET}/out",
+                                                        "S3FailurePath": str(tmp_path / "failures")}}
+    with pytest.raises(ConfigError, match=r"^endpoint.json: EndpointConfig.AsyncInferenceConfig.OutputConfig."
+                                          r"S3OutputPath: s3://my\.\.bucket/out: bucket 'my\.\.bucket' is not a valid "
+                                          r"name: two adjacent periods$"):
+        parse(document({"S3OutputPath": "s3://my..bucket/out"}))
+    with pytest.raises(ConfigError, match=r"S3FailurePath: 'https://b\.s3\.amazonaws\.com/f': S3 URIs are not "
+                                          "supported yet in the https:// form"):
+        parse(document({"S3OutputPath": "/o", "S3FailurePath": "https://b.s3.amazonaws.com/f"}))
+    capture = {"InitialSamplingPercentage": 100, "DestinationS3Uri": f"s3://{BUCKET}/capture",
+               "CaptureOptions": [{"CaptureMode": "Input"}]}
+    with pytest.raises(ConfigError, match=r"S3 URIs are not supported yet for data capture"):
+        parse(document({"S3OutputPath": f"s3://{BUCKET}/out"}, DataCaptureConfig=capture))
+
+
+def test_an_output_s3_refuses_becomes_a_failure_object(tmp_path: Path, s3: tuple[str, Any]) -> None:
+    url, store = s3
+    store.create_bucket(Bucket="async-outputs")
+    document = s3_config(S3OutputPath="s3://async-outputs/out")
+    with served(tmp_path / "state", document, FakeRouter(), endpoint_url=url) as (rt, endpoint):
+        store.delete_bucket(Bucket="async-outputs")  # gone after the start-up check
+        answer = rt.invoke_endpoint_async(EndpointName=NAME, Body=b"x")
+        wait_until(lambda: endpoint.stats().failed == 1 and not queued(tmp_path / "state"))
+        assert endpoint.stats().results_unwritable == 0
+    reason, content_type = s3_object(store, answer["FailureLocation"])
+    assert content_type == "text/plain"
+    assert reason.decode().startswith(f"InternalFailure: the output cannot be written to {answer['OutputLocation']}: "
+                                      f"upload {answer['OutputLocation']}: NoSuchBucket: ")

@@ -7,23 +7,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from smbyoc.emulator.front import FrontError, post
+from smbyoc.emulator.front import FrontError, new_event_loop, post
 from smbyoc.emulator.upstream import Headers, UpstreamError, UpstreamLimits, UpstreamPool
 
 LOCAL = "127.0.0.1"
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on asyncio's event loop and on uvloop's (the endpoint front's default when installed)."""
+    pytest.importorskip(request.param)
+    _LOOP[0] = request.param
+    yield str(request.param)
+    _LOOP[0] = "asyncio"
+
+
+_LOOP = ["asyncio"]
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     async def bounded() -> Any:
         return await asyncio.wait_for(coro, 30)
 
-    return asyncio.run(bounded())
+    loop = new_event_loop(_LOOP[0])
+    try:
+        return loop.run_until_complete(bounded())
+    finally:  # (what asyncio.run does after the main coroutine)
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from smbyoc.emulator.front import Call, FrontError, Reply
+from smbyoc.emulator.front import Call, FrontError, Reply, new_event_loop
 from smbyoc.emulator.variants import EndpointRouter, Instance, Variant, shadow_share
 
 
@@ -49,8 +50,30 @@ def variant(name: str, weight: float = 1.0, instances: int = 1, gate: asyncio.Ev
 CALL = Call(b"x", {"Content-Type": "text/plain"})
 
 
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on asyncio's event loop and on uvloop's (the endpoint front's default when installed)."""
+    pytest.importorskip(request.param)
+    _LOOP[0] = request.param
+    yield str(request.param)
+    _LOOP[0] = "asyncio"
+
+
+_LOOP = ["asyncio"]
+
+
 def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+    loop = new_event_loop(_LOOP[0])
+    try:
+        return loop.run_until_complete(coro)
+    finally:  # (what asyncio.run does after the main coroutine)
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def test_weighted_split_is_proportional_and_seedable() -> None:

@@ -241,7 +241,8 @@ def _hosted_endpoint(mode: str, spec: EndpointSpec, path: Path, name: str | None
         definition = with_name(definition, endpoint_name=name)
     options = HostingOptions(mode=mode, port=spec.port, bind_address=spec.bind_address, user=user,
                              require_nginx=require_nginx, seed=seed, environment=tuple(spec.environment.items()),
-                             serverless_idle_timeout=serverless_idle_timeout, topics=tuple(topics))
+                             serverless_idle_timeout=serverless_idle_timeout, topics=tuple(topics),
+                             s3_endpoint_url=staging.endpoint_url if staging is not None else None)
     if mode == "process":
         if user is not None:
             raise ConfigError("only for --mode docker", key="--user")

@@ -20,8 +20,10 @@ order, each failure one :class:`ConfigError` line naming the file and the field 
 3. members smbyoc does not emulate (``ModelDataSource``, ``ExplainerConfig``...) are refused;
 4. the local rewrite: each S3-URI member becomes an absolute local path (relative paths are relative to the
    file's directory); with a staging (:mod:`smbyoc.s3.staging`, as ``local-serve`` passes) an ``s3://``
-   ``ModelDataUrl`` is downloaded through the cache and the request keeps the URI; ``s3://`` destinations (data
-   capture, async outputs, core dumps) and ``https://`` URLs are refused with one line;
+   ``ModelDataUrl`` is downloaded through the cache and the request keeps the URI; ``s3://`` async inference
+   locations (``S3OutputPath``, ``S3FailurePath``) are kept as checked URIs for
+   :mod:`smbyoc.emulator.async_inference`, which writes the results there; ``s3://`` destinations of data capture
+   and core dumps, and ``https://`` URLs, are refused with one line;
 5. the rules SageMaker enforces on the server side (:mod:`smbyoc.emulator.endpoint_rules`; contract-endpoints.md
    §1, §2, §4.1, §5, §6; contract.md §3, §5, §6): variants name known models, unique variant names, shadow
    variants, weights, serverless and its exclusions, containers and hostnames, multi-model data, environment sizes.
@@ -89,10 +91,10 @@ _NOT_EMULATED_ENDPOINT_CONFIG = {
 #: Output locations that take local paths only, by the end of their field path.
 _LOCAL_DESTINATIONS = {
     "DataCaptureConfig.DestinationS3Uri": "data capture (DataCaptureConfig.DestinationS3Uri)",
-    "OutputConfig.S3OutputPath": "async inference outputs (AsyncInferenceConfig.OutputConfig.S3OutputPath)",
-    "OutputConfig.S3FailurePath": "async inference failures (AsyncInferenceConfig.OutputConfig.S3FailurePath)",
     "CoreDumpConfig.DestinationS3Uri": "core dumps (CoreDumpConfig.DestinationS3Uri)",
 }
+#: Output locations that take ``s3://`` URIs as well (kept in the request; their module writes to S3).
+_S3_DESTINATIONS = ("AsyncInferenceConfig.OutputConfig.S3OutputPath", "AsyncInferenceConfig.OutputConfig.S3FailurePath")
 
 
 # ------------------------------------------------------------------------------------------ reading the file
@@ -232,6 +234,9 @@ class _Checker:
         shape = service_model().shape_for(shape_name)
         paths: dict[str, Path] = {}
         for path, keys, text in list(uri_slots(resolved, shape, root)):
+            if path.endswith(_S3_DESTINATIONS) and _is_s3(text):
+                self.s3_destination(text, path)  # the request keeps the URI; no local path stands for it
+                continue
             local = self.local_path(text, path)
             if not _is_s3(text):  # an S3 URI stays in the request, as SageMaker gets it
                 _set(resolved, keys, str(local))
@@ -257,6 +262,18 @@ class _Checker:
         if not local.is_absolute():
             local = self.base_dir / local
         return Path(os.path.abspath(local))
+
+    def s3_destination(self, text: str, key: str) -> None:
+        """An ``s3://`` async inference location: a valid bucket and key prefix (``https://`` refused)."""
+        from smbyoc.s3.uri import S3Uri, scheme_of
+
+        if scheme_of(text) != "s3":
+            raise self.fail(key, f"{text!r}: S3 URIs are not supported yet in the https:// form; give an s3:// URI, a "
+                                 "local path or a file:// URI")
+        try:
+            S3Uri.parse(text)
+        except ConfigError as e:
+            raise self.fail(key, str(e)) from e
 
     def s3_path(self, text: str, key: str, scheme: str) -> Path:
         """A ``ModelDataUrl``'s model downloaded through the caller's staging; every other S3 member (and model
@@ -363,5 +380,5 @@ def _check_destinations(checker: _Checker, request: Mapping[str, Any]) -> None:
     candidates += [(f"EndpointConfig.AsyncInferenceConfig.OutputConfig.{m}", output.get(m))
                    for m in ("S3OutputPath", "S3FailurePath")]
     for key, text in candidates:
-        if text is not None and Path(text).exists() and not Path(text).is_dir():
+        if text is not None and not _is_s3(text) and Path(text).exists() and not Path(text).is_dir():
             raise checker.fail(key, f"{text} is a file; an output location is a directory")

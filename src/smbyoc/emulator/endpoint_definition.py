@@ -80,7 +80,8 @@ class EndpointDefinition:
     shadow_variants: tuple[Variant, ...]
     #: ``DataCaptureConfig`` as validated, ``DestinationS3Uri`` an absolute local path; None when absent.
     data_capture: Mapping[str, Any] | None
-    #: ``AsyncInferenceConfig`` as validated, ``S3OutputPath``/``S3FailurePath`` absolute local paths.
+    #: ``AsyncInferenceConfig`` as validated, ``S3OutputPath``/``S3FailurePath`` each an absolute local path or an
+    #: ``s3://`` URI (written through boto3).
     async_config: Mapping[str, Any] | None
     endpoint_config_name: str
     #: The file it was read from.

@@ -5,8 +5,10 @@ request to one container, a front stands in between: a multi-model endpoint (Sag
 into the container before it invokes it) and a multi-container endpoint (it chains the containers, or routes to
 the one named). What it does with a request is a :class:`Router`'s business; the front owns the HTTP side:
 
-* an aiohttp server on the endpoint's port (in its own thread and event loop, so that the CLI stays
-  synchronous), answering ``GET /ping`` and ``POST /invocations``;
+* an HTTP/1.1 server on the endpoint's port, :class:`~smbyoc.emulator.http_server.HttpServer` (a strict
+  asyncio Protocol over httptools; aiohttp's server cost the front ≈124 µs of CPU per request, bench/README.md),
+  in its own thread and event loop (uvloop's when installed), so that the CLI stays synchronous; it answers
+  ``GET /ping``, ``POST /invocations``, the Runtime API's routes and the control routes (:meth:`Front.handle`);
 * one pool of keep-alive connections to the containers the routers share, an
   :class:`~smbyoc.emulator.upstream.UpstreamPool` (a small HTTP/1.1 client: aiohttp's client cost a hop
   270-420 µs of the front's CPU, bench/README.md), used through :func:`post` and :func:`send`;
@@ -27,13 +29,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import threading
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from smbyoc.emulator.http_server import HttpServer, Request, Response, ServerLimits, plain
 from smbyoc.emulator.upstream import UpstreamError, UpstreamPool
-from smbyoc.errors import ServingError
+from smbyoc.errors import ConfigError, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +172,17 @@ class Router(Protocol):
         """Called once when the front stops."""
 
 
-def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The headers of ``headers`` (any case) that InvokeEndpoint defines, spelled as SageMaker spells them;
-    a value over its limit is a ``ValidationError`` naming the header."""
-    lowered = {name.lower(): value for name, value in headers.items()}
+_FORWARDED = tuple((name, name.lower(), limit) for name, limit in FORWARDED_HEADERS.items())
+
+
+def forwarded_headers(headers: Mapping[str, str], *, lowered: bool = False) -> dict[str, str]:
+    """The headers of ``headers`` (any case; ``lowered``: its names are lower-case already) that InvokeEndpoint
+    defines, spelled as SageMaker spells them; a value over its limit is a ``ValidationError`` naming the
+    header."""
+    source = headers if lowered else {name.lower(): value for name, value in headers.items()}
     kept: dict[str, str] = {}
-    for name, limit in FORWARDED_HEADERS.items():
-        value = lowered.get(name.lower())
+    for name, key, limit in _FORWARDED:
+        value = source.get(key)
         if value is None:
             continue
         if limit is not None and len(value) > limit:
@@ -197,14 +206,14 @@ def returned_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return kept
 
 
-async def post(session: UpstreamPool, url: str, body: bytes, headers: Mapping[str, str], *,
-               timeout: float = INVOCATION_TIMEOUT, what: str = "the container") -> Reply:
+def post(session: UpstreamPool, url: str, body: bytes, headers: Mapping[str, str], *,
+         timeout: float = INVOCATION_TIMEOUT, what: str = "the container") -> Coroutine[Any, Any, Reply]:
     """POST ``body`` to ``url`` over ``session``; the answer as a :class:`Reply` (any status).
 
     A container that does not answer within ``timeout`` is a ``ModelError`` as SageMaker reports it (424, no
     original status); one that cannot be reached, or whose answer is broken or over the upstream pool's limits, is
-    ``ServiceUnavailable`` (503)."""
-    return await send(session, "POST", url, body, headers, timeout=timeout, what=what)
+    ``ServiceUnavailable`` (503). (A plain function returning :func:`send`'s coroutine: one frame less per hop.)"""
+    return send(session, "POST", url, body, headers, timeout=timeout, what=what)
 
 
 async def send(session: UpstreamPool, method: str, url: str, body: bytes, headers: Mapping[str, str], *,
@@ -240,13 +249,44 @@ def model_error(reply: Reply, endpoint_name: str, region: str = LOCAL_REGION) ->
                                    f"{endpoint_name}")
 
 
+_ASYNC_ROUTE = "async-invocations"
+#: ``/endpoints/{name}/invocations``, ``/endpoints/{name}/async-invocations``, ``/_smbyoc/endpoints/{name}[/weights]``
+_ROUTE = re.compile(r"/(endpoints|_smbyoc/endpoints)/([^/]+)(?:/(invocations|async-invocations|weights))?")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+#: The event loop of a front made without ``event_loop`` (the tests run every front test on both loops).
+DEFAULT_EVENT_LOOP = "auto"
+
+
+def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's (libuv; the front's thread spends ≈1/4 less CPU per request, bench/README.md)
+    when ``kind`` is ``uvloop``, or ``auto`` and uvloop is installed; else asyncio's."""
+    if kind not in EVENT_LOOPS:
+        raise ConfigError(f"{kind!r} is not one of {', '.join(EVENT_LOOPS)}", key="event_loop")
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise ConfigError("uvloop is not installed (pip install uvloop)", key="event_loop") from None
+        else:
+            return cast(asyncio.AbstractEventLoop, uvloop.new_event_loop())
+    return asyncio.new_event_loop()
+
+
 class Front:
-    """The HTTP front of one endpoint. ``start()`` returns once it listens; ``stop()`` ends it."""
+    """The HTTP front of one endpoint. ``start()`` returns once it listens; ``stop()`` ends it.
+
+    ``event_loop``: ``auto`` (uvloop when installed), ``asyncio`` or ``uvloop`` (None: :data:`DEFAULT_EVENT_LOOP`);
+    ``limits``: the HTTP server's (:class:`~smbyoc.emulator.http_server.ServerLimits`)."""
 
     def __init__(self, router: Router, *, host: str = "127.0.0.1", port: int = 8080,
                  max_body: int = MAX_BODY_BYTES, enforce_limits: bool = True,
                  endpoint_name: str = "local-endpoint", variant_name: str = DEFAULT_VARIANT,
-                 async_invocations: AsyncInvocations | None = None, control: Control | None = None) -> None:
+                 async_invocations: AsyncInvocations | None = None, control: Control | None = None,
+                 event_loop: str | None = None, limits: ServerLimits | None = None) -> None:
+        event_loop = event_loop or DEFAULT_EVENT_LOOP
+        if event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"{event_loop!r} is not one of {', '.join(EVENT_LOOPS)}", key="event_loop")
         self.router = router
         self.control = control
         self.async_invocations = async_invocations
@@ -256,14 +296,23 @@ class Front:
         self.port = port
         self.max_body = max_body
         self.enforce_limits = enforce_limits
+        self.event_loop = event_loop
+        self.limits = limits
+        self._invocations_path = f"/endpoints/{endpoint_name}/invocations"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
+        self._server: HttpServer | None = None
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def loop_name(self) -> str:
+        """The running event loop's module (``asyncio`` or ``uvloop``); empty before ``start()``."""
+        return "" if self._loop is None else type(self._loop).__module__.split(".")[0]
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -293,7 +342,12 @@ class Front:
         self._thread = None
 
     def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
+        try:
+            loop = new_event_loop(self.event_loop)
+        except BaseException as e:
+            failure.append(e)
+            ready.set()
+            return
         self._loop = loop
         try:
             loop.run_until_complete(self._serve(ready, failure))
@@ -307,29 +361,26 @@ class Front:
             loop.close()
 
     async def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        from aiohttp import web
-
         self._stopped = asyncio.Event()
-        app = web.Application(client_max_size=self.max_body + 1 if self.enforce_limits else 1 << 40)
-        app.router.add_get("/ping", self._ping)
-        app.router.add_post("/invocations", self._invocations)
-        app.router.add_post("/endpoints/{name}/invocations", self._runtime_invocations)
-        app.router.add_post("/endpoints/{name}/async-invocations", self._async_invocations)
-        app.router.add_get("/_smbyoc/endpoints/{name}", self._describe)
-        app.router.add_post("/_smbyoc/endpoints/{name}/weights", self._update_weights)
+        max_body = self.max_body if self.enforce_limits else None
+        try:
+            server = self._server = HttpServer(self.handle, host=self.host, port=self.port,
+                                               refuse=self.refuse_body, max_body=max_body, drain_limit=DRAIN_LIMIT,
+                                               limits=self.limits)
+        except BaseException as e:
+            failure.append(e)
+            ready.set()
+            return
         session = UpstreamPool()
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         try:
             await self.router.open(session)
             if self.async_invocations is not None:
                 await self.async_invocations.open(session)
-            await runner.setup()
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=1024)
-            await site.start()
+            await server.start()
         except BaseException as e:
             failure.append(e)
             ready.set()
-            await runner.cleanup()
+            await server.close()
             await self._close_handlers()
             await session.close()
             return
@@ -337,7 +388,7 @@ class Front:
         try:
             await self._stopped.wait()
         finally:
-            await runner.cleanup()
+            await server.close()
             await self._close_handlers()
             await session.close()
 
@@ -348,53 +399,83 @@ class Front:
         finally:
             await self.router.close()
 
-    # ------------------------------------------------------------------------------------ handlers
-    async def _ping(self, request: Any) -> Any:
-        from aiohttp import web
-
-        return web.Response(body=b'{"status": "Healthy"}', content_type="application/json")
-
-    async def _invocations(self, request: Any) -> Any:
-        """``POST /invocations``: the container's route, its answer passed back whatever its status."""
-        return await self._answer(request, runtime_api=False)
-
-    async def _runtime_invocations(self, request: Any) -> Any:
-        """``POST /endpoints/{name}/invocations``: the SageMaker Runtime API's InvokeEndpoint (boto3's
-        ``sagemaker-runtime`` client with ``endpoint_url``); a container's non-2xx answer is ``ModelError``."""
-        name = request.match_info["name"]
-        if name != self.endpoint_name:
+    # ------------------------------------------------------------------------------------ routes
+    async def handle(self, request: Request) -> Response:
+        """Every request the front's HTTP server reads (the routes of the module docstring)."""
+        path, method = request.path, request.method
+        if path == self._invocations_path:  # the hot route first
+            if method != "POST":
+                return _not_allowed("POST")
+            return await self._answer(request, runtime_api=True)
+        if path == "/invocations":
+            if method != "POST":
+                return _not_allowed("POST")
+            return await self._answer(request, runtime_api=False)
+        if path == "/ping":
+            if method not in ("GET", "HEAD"):
+                return _not_allowed("GET, HEAD")
+            return Response(200, b'{"status": "Healthy"}', {"Content-Type": "application/json"})
+        route = _ROUTE.fullmatch(path)
+        if route is None:
+            return plain(404, "404: Not Found")
+        prefix, name, action = route.groups()
+        if "%" in name:
+            name = urllib.parse.unquote(name, errors="surrogateescape")
+        if prefix == "endpoints":
+            if action not in ("invocations", _ASYNC_ROUTE):
+                return plain(404, "404: Not Found")
+            if method != "POST":
+                return _not_allowed("POST")
+            if action == _ASYNC_ROUTE:
+                return await self._async_invocations(request, name)
+            if name == self.endpoint_name:  # (spelled with percent-escapes)
+                return await self._answer(request, runtime_api=True)
             return self.error_response(validation_error(
                 f"Endpoint {name} of account {LOCAL_ACCOUNT} not found. (This front serves {self.endpoint_name}.)"))
-        return await self._answer(request, runtime_api=True)
+        if action is None:
+            if method not in ("GET", "HEAD"):
+                return _not_allowed("GET, HEAD")
+            return self._describe(request, name)
+        if action != "weights":
+            return plain(404, "404: Not Found")
+        if method != "POST":
+            return _not_allowed("POST")
+        return self._update_weights(request, name)
 
-    def _controlled(self, request: Any) -> Control:
+    def refuse_body(self, request: Request) -> Response:
+        """The answer to a request whose body is over the 6 MB limit (the HTTP server reads and drops it)."""
+        if request.path.endswith("/" + _ASYNC_ROUTE):
+            return self.error_response(validation_error("the request body is over the front's limit"))
+        if request.content_length is not None:
+            return self.error_response(FrontError(413, "ValidationError", f"the request body has "
+                                                  f"{request.content_length:,} bytes; the limit is "
+                                                  f"{self.max_body:,} (6 MB)"))
+        return self.error_response(FrontError(413, "ValidationError", f"the request body is over the limit of "
+                                              f"{self.max_body:,} bytes (6 MB)"))
+
+    def _controlled(self, request: Request, name: str) -> Control:
         """The control object, when the request names this endpoint and carries its token."""
         import hmac
 
-        name = request.match_info["name"]
         if self.control is None or name != self.endpoint_name:
             raise validation_error(f"Could not find endpoint \"{name}\".")
-        given = request.headers.get(CONTROL_TOKEN_HEADER, "")
+        given = request.headers.get(CONTROL_TOKEN_HEADER.lower(), "")
         if not hmac.compare_digest(given.encode(), self.control.token.encode()):
             raise FrontError(403, "AccessDeniedException", f"{CONTROL_TOKEN_HEADER} is missing or wrong")
         return self.control
 
-    async def _describe(self, request: Any) -> Any:
-        from aiohttp import web
-
+    def _describe(self, request: Request, name: str) -> Response:
         try:
-            answer = self._controlled(request).describe()
+            answer = self._controlled(request, name).describe()
         except FrontError as e:
             return self.error_response(e)
-        return web.json_response(answer)
+        return _json(answer)
 
-    async def _update_weights(self, request: Any) -> Any:
-        from aiohttp import web
-
+    def _update_weights(self, request: Request, name: str) -> Response:
         try:
-            control = self._controlled(request)
+            control = self._controlled(request, name)
             try:
-                payload = json.loads(await request.read())
+                payload = json.loads(request.body)
                 desired = payload["DesiredWeightsAndCapacities"]
                 if not isinstance(desired, list) or not desired:
                     raise TypeError
@@ -404,15 +485,12 @@ class Front:
             control.update_weights(desired)
         except FrontError as e:
             return self.error_response(e)
-        return web.json_response({"EndpointArn": f"arn:aws:sagemaker:{LOCAL_REGION}:{LOCAL_ACCOUNT}:endpoint/"
-                                                 f"{self.endpoint_name}"})
+        return _json({"EndpointArn": f"arn:aws:sagemaker:{LOCAL_REGION}:{LOCAL_ACCOUNT}:endpoint/"
+                                     f"{self.endpoint_name}"})
 
-    async def _async_invocations(self, request: Any) -> Any:
+    async def _async_invocations(self, request: Request, name: str) -> Response:
         """``POST /endpoints/{name}/async-invocations``: InvokeEndpointAsync, on an endpoint with an
         AsyncInferenceConfig only."""
-        from aiohttp import web
-
-        name = request.match_info["name"]
         if name != self.endpoint_name:
             return self.error_response(validation_error(
                 f"Endpoint {name} of account {LOCAL_ACCOUNT} not found. (This front serves {self.endpoint_name}.)"))
@@ -421,63 +499,45 @@ class Front:
                 f"Endpoint {name} is not an asynchronous endpoint (it has no AsyncInferenceConfig); use "
                 "InvokeEndpoint."))
         try:
-            body = await request.read()
-            reply = await self.async_invocations.submit(request.headers, body)
-        except web.HTTPRequestEntityTooLarge:
-            return self.error_response(validation_error("the request body is over the front's limit"))
+            reply = await self.async_invocations.submit(request.headers, request.body)
         except FrontError as e:
             return self.error_response(e)
         except Exception as e:
             log.exception("the endpoint front failed an asynchronous invocation")
             return self.error_response(FrontError(500, "InternalFailure", f"{type(e).__name__}: {e}"))
-        return web.Response(status=reply.status, body=reply.body, headers=dict(reply.headers))
+        return Response(reply.status, reply.body, dict(reply.headers))
 
-    async def _answer(self, request: Any, *, runtime_api: bool) -> Any:
-        from aiohttp import web
-
+    async def _answer(self, request: Request, *, runtime_api: bool) -> Response:
         try:
-            if self.enforce_limits and (request.content_length or 0) > self.max_body:
-                too_large = FrontError(413, "ValidationError", f"the request body has {request.content_length:,} "
-                                       f"bytes; the limit is {self.max_body:,} (6 MB)")
-                return await self._refuse_body(request, too_large)
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge as e:
-                raise FrontError(413, "ValidationError", f"the request body is over the limit of "
-                                 f"{self.max_body:,} bytes (6 MB)") from e
-            call = Call(body, forwarded_headers(request.headers))
-            reply = await self.router.invoke(call)
+            reply = await self.router.invoke(Call(request.body, forwarded_headers(request.headers, lowered=True)))
         except FrontError as e:
             return self.error_response(e)
         except Exception as e:
             log.exception("the endpoint front failed an invocation")
             return self.error_response(FrontError(500, "InternalFailure", f"{type(e).__name__}: {e}"))
-        if self.enforce_limits and reply.ok and len(reply.body) > MAX_BODY_BYTES:
+        status = reply.status
+        ok = 200 <= status < 300
+        if ok and self.enforce_limits and len(reply.body) > MAX_BODY_BYTES:
             return self.error_response(FrontError(
                 424, "ModelError", f"the model's response has {len(reply.body):,} bytes; the limit is "
-                f"{MAX_BODY_BYTES:,} (6 MB)", OriginalStatusCode=reply.status))
+                f"{MAX_BODY_BYTES:,} (6 MB)", OriginalStatusCode=status))
         headers = dict(reply.headers)
         if runtime_api:
-            if not reply.ok:
+            if not ok:
                 return self.error_response(model_error(reply, self.endpoint_name))
             headers[VARIANT_HEADER] = reply.variant or self.variant_name
-        return web.Response(status=reply.status, body=reply.body, headers=headers)
-
-    async def _refuse_body(self, request: Any, error: FrontError) -> Any:
-        """Answer ``error`` to a request whose body is too large: a body up to :data:`DRAIN_LIMIT` is read and
-        dropped first (so that a client still sending gets the answer, not a reset), a larger one closes the
-        connection after the answer."""
-        response = self.error_response(error)
-        if (request.content_length or 0) <= DRAIN_LIMIT:
-            while await request.content.readany():
-                pass
-        else:
-            response.force_close()
-        return response
+        return Response(status, reply.body, headers)
 
     @staticmethod
-    def error_response(error: FrontError) -> Any:
-        from aiohttp import web
+    def error_response(error: FrontError) -> Response:
+        return Response(error.status, error_payload(error),
+                        {"Content-Type": "application/json", ERROR_TYPE_HEADER: error.code})
 
-        return web.Response(status=error.status, body=error_payload(error),
-                            headers={"Content-Type": "application/json", ERROR_TYPE_HEADER: error.code})
+
+def _not_allowed(allowed: str) -> Response:
+    response = plain(405, "405: Method Not Allowed")
+    return Response(405, response.body, {**response.headers, "Allow": allowed})
+
+
+def _json(answer: Any) -> Response:
+    return Response(200, json.dumps(answer).encode("utf-8"), {"Content-Type": "application/json; charset=utf-8"})

@@ -15,16 +15,18 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import os
 import random
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from smbyoc.emulator import jobs
+from smbyoc.emulator.async_inference.endpoint import current_invocation_timeout
 from smbyoc.emulator.endpoint import (
     DEFAULT_STARTUP_HEALTH_TIMEOUT,
     DockerEndpoint,
@@ -37,7 +39,17 @@ from smbyoc.emulator.endpoint import (
 )
 from smbyoc.emulator.endpoint_config import Container, EndpointDefinition, Model
 from smbyoc.emulator.endpoint_config import Variant as VariantDefinition
-from smbyoc.emulator.front import INVOCATION_TIMEOUT, Call, Front, FrontError, Reply, Router, post, validation_error
+from smbyoc.emulator.front import (
+    EVENT_LOOPS,
+    INVOCATION_TIMEOUT,
+    Call,
+    Front,
+    FrontError,
+    Reply,
+    Router,
+    send,
+    validation_error,
+)
 from smbyoc.emulator.variants import LEAST_OUTSTANDING, EndpointRouter, Instance, Variant
 from smbyoc.errors import ConfigError, ServingError
 from smbyoc.serving.ports import free_port
@@ -56,15 +68,52 @@ class ContainerRouter:
     async def open(self, session: Any) -> None:
         self._session = session
 
-    async def invoke(self, call: Call) -> Reply:
-        from smbyoc.emulator.async_inference import current_invocation_timeout
-
+    def invoke(self, call: Call) -> Coroutine[Any, Any, Reply]:
         # an asynchronous request has its own InvocationTimeoutSeconds (up to 3600 s) instead of the 60 s
         timeout = current_invocation_timeout() or self.timeout
-        return await post(self._session, self.url, call.body, call.headers, timeout=timeout)
+        return send(self._session, "POST", self.url, call.body, call.headers, timeout=timeout)
 
     async def close(self) -> None:
         pass
+
+
+def lower_priority(pid: int, nice: int) -> None:
+    """Every thread of process ``pid`` and of its descendants at ``nice`` (on Linux a nice value is a thread's:
+    threads and processes started later inherit their parent's). Without /proc, the process alone."""
+    proc = Path("/proc")
+    if not (proc / str(pid) / "task").is_dir():
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+        return
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # (gone meanwhile)
+            children.setdefault(parent, []).append(int(entry.name))
+    todo = [pid]
+    while todo:
+        process = todo.pop()
+        todo += children.get(process, [])
+        try:
+            threads = [int(task.name) for task in (proc / str(process) / "task").iterdir()]
+        except OSError:
+            continue
+        for thread in threads:
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, thread, nice)
+
+
+def _leaf_endpoints(handle: Any) -> list[Endpoint]:
+    """The containers (or ``serve`` processes) of an instance's handle: itself, a multi-model endpoint's container,
+    a multi-container endpoint's members."""
+    if isinstance(handle, Endpoint):
+        return [handle]
+    inner = getattr(handle, "container", None)
+    if isinstance(inner, Endpoint):
+        return [inner]
+    return [member for member in getattr(handle, "members", []) if isinstance(member, Endpoint)]
 
 
 class AsyncOnlyRouter:
@@ -106,6 +155,27 @@ class HostingOptions:
     async_state_dir: Path | None = None
     #: Asynchronous endpoints: SNS topic ARN -> a JSON Lines file or ``cmd:ARGV`` standing for the topic.
     topics: tuple[tuple[str, str], ...] = ()
+    #: Shadow variants' instances run at a lower CPU priority, the local stand-in for the separate instances they
+    #: have on SageMaker (under load production gets the CPUs first; copies the shadow cannot take are dropped and
+    #: counted): process mode, this nice value for their processes (0: as production)...
+    shadow_nice: int = 19
+    #: ... docker mode, this ``--cpu-shares`` for their containers (2, docker's minimum, is cgroup v2 CPU weight 1
+    #: against production's 39; 0: docker's default, as production).
+    shadow_cpu_shares: int = 2
+    #: The front's event loop: ``auto`` (uvloop when installed), ``asyncio`` or ``uvloop``; None: the front's default.
+    front_event_loop: str | None = None
+    #: Asynchronous endpoints: the S3 endpoint (``--endpoint-url``) for s3:// output, failure and input locations;
+    #: None: botocore's own (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, else AWS).
+    s3_endpoint_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.shadow_nice <= 19:
+            raise ConfigError(f"must be 0-19, not {self.shadow_nice!r}", key="shadow_nice")
+        if self.shadow_cpu_shares != 0 and not 2 <= self.shadow_cpu_shares <= 262144:
+            raise ConfigError(f"must be 0 or 2-262144, not {self.shadow_cpu_shares!r}", key="shadow_cpu_shares")
+        if self.front_event_loop is not None and self.front_event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"must be one of {', '.join(EVENT_LOOPS)}, not {self.front_event_loop!r}",
+                              key="front_event_loop")
 
 
 class HostedEndpoint:
@@ -172,7 +242,7 @@ class HostedEndpoint:
             self.front = Front(front_router, host=self.options.bind_address, port=self.options.port,
                                endpoint_name=self.definition.endpoint_name,
                                variant_name=self.definition.production_variants[0].name, control=self,
-                               async_invocations=self.async_endpoint)
+                               async_invocations=self.async_endpoint, event_loop=self.options.front_event_loop)
             self.front.start()
         except BaseException:
             self.close()
@@ -204,7 +274,8 @@ class HostedEndpoint:
         state = self.options.async_state_dir or jobs.state_dir() / "async" / self.definition.endpoint_name
         instances = sum(v.initial_instance_count or 1 for v in self.definition.production_variants)
         return AsyncEndpoint(self.definition.async_config, self.definition.endpoint_name, state, router.invoke,
-                             instances=instances, topics=dict(self.options.topics))
+                             instances=instances, topics=dict(self.options.topics),
+                             endpoint_url=self.options.s3_endpoint_url)
 
     def _serverless_variant(self, definition: VariantDefinition) -> Variant:
         from smbyoc.emulator.serverless import ServerlessConfig, ServerlessVariant, serverless_limits
@@ -223,6 +294,33 @@ class HostedEndpoint:
                                  weight=definition.initial_weight)
 
     def _start_instance(self, variant: VariantDefinition, index: int, resources: Any = None) -> Instance:
+        instance = self._new_instance(variant, index, resources)
+        if variant in self.definition.shadow_variants:
+            self._deprioritize(instance)
+        return instance
+
+    def _deprioritize(self, instance: Instance) -> None:
+        """A shadow instance's processes at nice :attr:`HostingOptions.shadow_nice` (every thread of each ``serve``
+        and of its descendants, nginx, gunicorn and the model's thread pools: what they start later inherits it),
+        its containers at :attr:`HostingOptions.shadow_cpu_shares`. A failure is logged, never fatal."""
+        for endpoint in _leaf_endpoints(instance.handle):
+            try:
+                if isinstance(endpoint, ProcessEndpoint) and endpoint.process is not None and self.options.shadow_nice:
+                    lower_priority(endpoint.process.pid, self.options.shadow_nice)
+                elif isinstance(endpoint, DockerEndpoint) and endpoint.container is not None and \
+                        self.options.shadow_cpu_shares:
+                    endpoint.container.update(cpu_shares=self.options.shadow_cpu_shares)
+                else:
+                    continue
+            except Exception as e:
+                log.warning("instance %s: could not lower its CPU priority (%s); the shadow variant competes with "
+                            "production for the CPUs", instance.name, e)
+                continue
+            log.info("instance %s: shadow variant, CPU priority lowered (%s)", instance.name,
+                     f"nice {self.options.shadow_nice}" if isinstance(endpoint, ProcessEndpoint)
+                     else f"cpu-shares {self.options.shadow_cpu_shares}")
+
+    def _new_instance(self, variant: VariantDefinition, index: int, resources: Any) -> Instance:
         model = self.definition.model_of(variant)
         name = f"{variant.name}-{index + 1}"
         prefix = f"{variant.name}/{index + 1} | "

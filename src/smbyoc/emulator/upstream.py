@@ -15,7 +15,9 @@ general client (aiohttp's ``ClientSession``) costs 270-420 µs of the front's CP
 * ``Connection: close`` (and HTTP/1.0 without ``keep-alive``) honoured: that connection is not reused, nor one
   whose answer came before the whole request was written or was followed by stray bytes;
 * one timeout for all of it (waiting for a pooled connection, connecting, sending, receiving), as aiohttp's
-  ``ClientTimeout(total=...)``; a timeout of 0 or less is refused (aiohttp would read it as "no timeout").
+  ``ClientTimeout(total=...)``; a timeout of 0 or less is refused (aiohttp would read it as "no timeout"). The wait
+  for the answer of a request with a timeout of :data:`COARSE_TIMEOUT` or more (the front's 60 s) is enforced by
+  a sweep four times a second rather than by a timer per request.
 
 Stale connections. A server closes a keep-alive connection that stayed idle past its keep-alive timeout (nginx:
 75 s in smbyoc's image). The pool sees that close at once when it happens while the connection is idle (the
@@ -62,6 +64,12 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [\t \x21-\x7e\x80-\xff
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[\t \x21-\x7e\x80-\xff]*)?")
 _KEEP_ALIVE_TIMEOUT = re.compile(r"(?:^|[,;\s])timeout\s*=\s*([0-9]+)", re.I)
 _MAX_CHUNK_LINE = 4096
+#: Timeouts of this many seconds or more are enforced by a sweep every :data:`SWEEP_SECONDS` (up to that much late)
+#: instead of a timer per request; shorter ones by a timer.
+COARSE_TIMEOUT = 5.0
+SWEEP_SECONDS = 0.25
+#: Methods and header names already checked (tokens, not reserved): most requests repeat the same few.
+_GOOD_NAMES: set[str] = {"GET", "HEAD", "POST", "PUT", "DELETE", "Content-Type", "Accept"}
 
 
 class UpstreamError(SmbyocError):
@@ -149,8 +157,11 @@ _HEAD, _LENGTH, _CLOSE, _CHUNK_SIZE_LINE, _CHUNK_DATA, _TRAILERS, _DONE = range(
 
 _FIELD_NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 #: A header section (fields, each ending with CRLF): token names, no control characters (CR, LF, NUL...) in values.
-_FIELDS = re.compile(rf"(?:{_FIELD_NAME}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
-_FIELD = re.compile(rf"({_FIELD_NAME}):[ \t]*([^\r\n]*)\r\n")
+#: One field line, at the start of a line: its name and its value without the whitespace around it. A section is
+#: valid when every line is one (as many matches as line ends: a bare LF or CR, a folded line, a space before the
+#: colon or a control character leaves a line unmatched).
+_FIELD_LINE = re.compile(
+    rf"(?m)^({_FIELD_NAME}):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*\r\n")
 
 
 def _parse_fields(block: bytes, limits: UpstreamLimits) -> list[tuple[str, str]]:
@@ -160,7 +171,8 @@ def _parse_fields(block: bytes, limits: UpstreamLimits) -> list[tuple[str, str]]
     text = block.decode("utf-8", "surrogateescape") + "\r\n"
     if text.count("\r\n") > limits.max_header_fields:
         raise UpstreamError(f"the answer has more than {limits.max_header_fields} header fields")
-    if _FIELDS.fullmatch(text) is None:
+    fields = _FIELD_LINE.findall(text)
+    if len(fields) != text.count("\n"):
         for line in text.split("\r\n")[:-1]:  # name the culprit
             name, colon, value = line.partition(":")
             if not colon or not re.fullmatch(_FIELD_NAME, name):  # also a folded line, a space before ':'
@@ -168,7 +180,7 @@ def _parse_fields(block: bytes, limits: UpstreamLimits) -> list[tuple[str, str]]
             if re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value):
                 raise UpstreamError(f"header {name}: a control character in the value")
         raise UpstreamError(f"malformed header section {text[:100]!r}")  # pragma: no cover - a line is named above
-    return [(name, value.rstrip(" \t")) for name, value in _FIELD.findall(text)]
+    return fields
 
 
 class _Parser:
@@ -297,8 +309,14 @@ class _Parser:
         self.status = status
         self.headers = headers = Headers(fields)
         http10 = status_line.group(1) == b"0"
-        connection = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
-        self.keep_alive = "keep-alive" in connection if http10 else "close" not in connection
+        connection = headers.get("Connection")
+        if connection is None:
+            self.keep_alive = not http10
+        elif connection == "keep-alive":  # (nginx's; the common case without the set)
+            self.keep_alive = True
+        else:
+            tokens = {t.strip().lower() for t in connection.split(",")}
+            self.keep_alive = "keep-alive" in tokens if http10 else "close" not in tokens
         hint = headers.get("Keep-Alive")
         if hint is not None:
             found = _KEEP_ALIVE_TIMEOUT.search(hint)
@@ -317,11 +335,14 @@ class _Parser:
                 raise UpstreamError(f"unsupported Transfer-Encoding {encodings[:100]!r} (only chunked)")
             self.state = _CHUNK_SIZE_LINE
         elif lengths is not None:
-            values = {v.strip() for v in lengths.split(",")}
-            value = values.pop()
-            if values or not value.isascii() or not value.isdigit():
-                raise UpstreamError(f"malformed Content-Length {lengths[:100]!r}")
-            self.length = int(value)
+            if lengths.isdigit() and lengths.isascii():  # the common case: one length
+                self.length = int(lengths)
+            else:
+                values = {v.strip() for v in lengths.split(",")}
+                value = values.pop()
+                if values or not value.isascii() or not value.isdigit():
+                    raise UpstreamError(f"malformed Content-Length {lengths[:100]!r}")
+                self.length = int(value)
             if self.length > self.limits.max_body_bytes:
                 raise self._too_large()
             self.state = _LENGTH
@@ -353,6 +374,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.expires = math.inf
+        #: The request in flight: when the sweep expires it, and its timeout (for the message).
+        self.deadline = math.inf
+        self.timeout = 0.0
 
     # protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -405,9 +429,11 @@ class _Connection(asyncio.Protocol):
             self.transport.write(body)
         return waiter
 
-    def expire(self, message: str) -> None:
+    def expire(self, timeout: float) -> None:
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(asyncio.TimeoutError(message))
+            host, port = self.host.address
+            self.waiter.set_exception(asyncio.TimeoutError(f"no complete answer from {host}:{port} within "
+                                                           f"{timeout:g} s"))
         self._abort()
 
     def reusable(self, now: float) -> bool:
@@ -470,6 +496,7 @@ class UpstreamPool:
         self._closed = False
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._opened = 0
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(self, method: str, url: str, body: bytes = b"", headers: Mapping[str, str] | None = None, *,
                       timeout: float) -> UpstreamResponse:
@@ -509,6 +536,9 @@ class UpstreamPool:
     async def close(self) -> None:
         """Close every connection; requests in flight fail with :class:`UpstreamError`."""
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for host in self._hosts.values():
             for waiter in host.waiters:
                 if not waiter.done():
@@ -547,14 +577,19 @@ class UpstreamPool:
 
     @staticmethod
     def _encode(method: str, target: _Target, body: bytes, headers: Mapping[str, str]) -> bytes:
-        if not _TOKEN_STR.fullmatch(method):
+        if method not in _GOOD_NAMES and not _TOKEN_STR.fullmatch(method):
             raise ValueError(f"{method!r} is not an HTTP method")
         lines = [f"{method} {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"]
         for name, value in headers.items():
-            if not _TOKEN_STR.fullmatch(name) or _BAD_VALUE_STR.search(value):
-                raise ValueError(f"request header {name!r}: an invalid name or a control character in the value")
-            if name.lower() in _RESERVED_HEADERS:
-                raise ValueError(f"request header {name}: the upstream client sets it itself")
+            if name not in _GOOD_NAMES:
+                if not _TOKEN_STR.fullmatch(name):
+                    raise ValueError(f"request header {name!r}: an invalid name")
+                if name.lower() in _RESERVED_HEADERS:
+                    raise ValueError(f"request header {name}: the upstream client sets it itself")
+                if len(_GOOD_NAMES) < 1024:
+                    _GOOD_NAMES.add(name)
+            if _BAD_VALUE_STR.search(value):
+                raise ValueError(f"request header {name!r}: a control character in the value")
             lines.append(f"{name}: {value}\r\n")
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}\r\n")
@@ -566,8 +601,13 @@ class UpstreamPool:
                         timeout: float) -> UpstreamResponse:
         loop = self._loop()
         waiter = conn.send(data, body if len(body) >= 65536 else b"", method == "HEAD")
-        timer = loop.call_at(deadline, conn.expire, f"no complete answer from {conn.host.address[0]}:"
-                             f"{conn.host.address[1]} within {timeout:g} s")
+        timer: asyncio.TimerHandle | None = None
+        if timeout < COARSE_TIMEOUT:
+            timer = loop.call_at(deadline, conn.expire, timeout)
+        else:  # the sweep's (a timer per request costs the front a heap push and pop)
+            conn.deadline, conn.timeout = deadline, timeout
+            if self._sweeper is None:
+                self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
         try:
             response = await waiter
         except BaseException:
@@ -575,9 +615,19 @@ class UpstreamPool:
             self._discard(conn)
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
+            conn.deadline = math.inf
         self._release(conn)
         return response
+
+    def _sweep(self) -> None:
+        """Expire the requests past their (coarse) deadline; again in :data:`SWEEP_SECONDS` while the pool is open."""
+        now = self._loop().time()
+        for host in self._hosts.values():
+            for conn in [c for c in host.busy if c.deadline <= now]:
+                conn.expire(conn.timeout)
+        self._sweeper = None if self.closed else self._loop().call_later(SWEEP_SECONDS, self._sweep)
 
     @staticmethod
     def _take_idle(host: _Host, now: float) -> _Connection | None:

@@ -6,11 +6,14 @@
   requests in flight gets it (``LEAST_OUTSTANDING_REQUESTS``, ties broken in turn), or a random one (``RANDOM``).
 * The answer carries ``x-Amzn-Invoked-Production-Variant``; weights change while running
   (:meth:`EndpointRouter.update_weights`, UpdateEndpointWeightsAndCapacities) without touching a container.
-* A shadow variant gets a sampled copy of each call after the production answer is known. The copy waits in a
-  bounded queue for a few shadow workers; when the queue is full the copy is dropped and counted, so the shadow
-  never slows production. Its answer is never returned; its status and latency are counted per variant and,
-  with data capture on, captured under the shadow variant's name with the same sampling decision as the
-  production record (so the two can be paired by ``inferenceId``).
+* A shadow variant gets a sampled copy of each call after the production answer is known. All the production
+  call pays for it is a sampling draw and an enqueue: the copy waits in a bounded queue for a few shadow workers;
+  when the queue is full the copy is dropped and counted, so the shadow never slows production. (On SageMaker a
+  shadow variant has instances of its own; locally its containers share the CPUs, so
+  :class:`~smbyoc.emulator.hosted_endpoint.HostedEndpoint` runs them at a lower CPU priority: under load they get
+  what production leaves, and copies they cannot take are dropped and counted.) Its answer is never returned;
+  its status and latency are counted per variant and, with data capture on, captured under the shadow variant's
+  name with the same sampling decision as the production record (so the two can be paired by ``inferenceId``).
 * Data capture writes through :class:`smbyoc.emulator.capture.CaptureWriter`, which never blocks a request.
 """
 
@@ -21,8 +24,8 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from smbyoc.emulator.front import Call, FrontError, Reply, Router, validation_error
@@ -126,7 +129,7 @@ class Variant:
         finally:
             instance.in_flight -= 1
         self.stats.record(reply.status, time.monotonic() - start)
-        return replace(reply, variant=self.name)
+        return Reply(reply.status, reply.body, reply.headers, self.name, reply.container)
 
     def describe(self) -> dict[str, Any]:
         """Its ``DescribeEndpoint.ProductionVariants[]`` entry, with the statistics."""
@@ -177,6 +180,8 @@ class EndpointRouter:
     async def close(self) -> None:
         for worker in self._workers:
             worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
         for variant in self.variants.values():
             await variant.close()
 
@@ -236,7 +241,7 @@ class EndpointRouter:
             call, sampled, production_seconds = await self._queue.get()
             start = time.monotonic()
             try:
-                reply = await asyncio.wait_for(self.shadow.invoke(call), self.shadow_timeout)
+                reply = await _within(self.shadow.invoke(call), self.shadow_timeout)
             except (FrontError, asyncio.TimeoutError) as e:
                 self.shadow_stats.failed += 1
                 log.info("shadow %s: %s (production took %.1f ms)", self.shadow.name,
@@ -267,6 +272,31 @@ class EndpointRouter:
                                                    "SamplingPercentage": round(self.shadow_sampling * 100, 3),
                                                    "ShadowCopies": vars(self.shadow_stats).copy()}]
         return answer
+
+
+async def _within(call: Awaitable[Reply], seconds: float) -> Reply:
+    """``await call``, cancelled after ``seconds`` (:class:`asyncio.TimeoutError`): a timer on the running task, not
+    the task per call ``asyncio.wait_for`` makes (``asyncio.timeout`` is Python 3.11+)."""
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if expired:
+            if hasattr(task, "uncancel"):  # (3.11+: the cancellation was ours, not the task's owner's)
+                task.uncancel()
+            raise asyncio.TimeoutError(f"no answer within {seconds:g} s") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def check_weights(weights: Mapping[str, float]) -> None:

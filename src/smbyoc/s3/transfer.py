@@ -419,3 +419,44 @@ class S3Transfers:
         for uri in uris:
             with translate_aws_errors(f"delete {uri}"):
                 client.delete_object(Bucket=uri.bucket, Key=uri.key)
+
+    # -- payloads: one object's bytes, in one request, never cached -------------------------------------------
+
+    def read_bytes(self, uri: S3Uri, *, what: str, limit: int | None = None) -> bytes:
+        """The content of the object ``uri`` (a payload read once, so not through the cache). Its size comes from
+        ``HeadObject`` and is checked against ``limit`` before anything is read; ``GetObject`` then asks for that
+        version (``If-Match``). One ConfigError naming ``what`` when there is no such object, it is too large or
+        it changed meanwhile; AwsError for what S3 refuses."""
+        from botocore.exceptions import ClientError
+
+        culprit = f"{what} {uri}"
+        obj = self.head(uri)
+        if obj is None:
+            raise ConfigError("no such object", key=culprit)
+        if limit is not None and obj.size > limit:
+            raise ConfigError(f"the object has {obj.size:,} bytes; the limit is {limit:,}", key=culprit)
+        client = self.client
+        condition = {"IfMatch": obj.etag} if obj.etag else {}
+        with translate_aws_errors(f"read {uri}"):
+            try:
+                data: bytes = client.get_object(Bucket=uri.bucket, Key=uri.key, **condition)["Body"].read()
+            except ClientError as e:
+                if error_code(e) in ("PreconditionFailed", "412"):
+                    raise ConfigError("the object changed while it was being read", key=culprit) from e
+                if error_code(e) in ("NoSuchKey", "404"):
+                    raise ConfigError("no such object (it was deleted while it was being read)", key=culprit) from e
+                raise
+        if len(data) != obj.size:
+            raise ConfigError(f"got {len(data):,} bytes where HeadObject said {obj.size:,}", key=culprit)
+        return data
+
+    def put_bytes(self, uri: S3Uri, data: bytes, *, content_type: str | None = None) -> str:
+        """Write ``data`` as the object ``uri`` with one ``PutObject`` (readers see the whole object or the one it
+        replaced, never a part); returns the URI."""
+        if uri.is_folder:
+            raise ConfigError("names a folder (it ends in '/'); expected an object key", key=str(uri))
+        client = self.client
+        extra = {"ContentType": content_type} if content_type else {}
+        with translate_aws_errors(f"upload {uri}"):
+            client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, **extra)
+        return str(uri)

@@ -6,6 +6,7 @@ An endpoint whose configuration has an ``AsyncInferenceConfig`` answers ``Invoke
 * :mod:`.request`: the request headers, their limits, the result locations;
 * :mod:`.settings`: ``AsyncInferenceConfig`` as the emulator runs it;
 * :mod:`.queue`: the persistent FIFO queue (one directory per endpoint, fsync before the 202);
+* :mod:`.storage`: payloads read and results written at local paths or S3 locations (worker threads only);
 * :mod:`.outcome`: what became of a request (output or failure object) and its notification;
 * :mod:`.notifications`: SNS stand-ins (JSON Lines files, commands) and the message schema;
 * :mod:`.endpoint`: :class:`AsyncEndpoint`, the front's ``AsyncInvocations`` handler that runs it all.

@@ -4,7 +4,8 @@
 ``submit`` makes the request durable and answers 202; one dispatcher task hands the queue, oldest first, to the
 endpoint's ``invoke`` with at most ``MaxConcurrentInvocationsPerInstance * instances`` calls in flight, expires
 requests that waited longer than their ``RequestTTLSeconds``, and writes each result (output or failure object)
-before it removes the request from the queue. Blocking file I/O runs in worker threads.
+before it removes the request from the queue. Blocking I/O (files, S3 through :mod:`.storage`) runs in worker
+threads.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from smbyoc.emulator.async_inference import notifications as notes
 from smbyoc.emulator.async_inference import outcome
 from smbyoc.emulator.async_inference import request as req
 from smbyoc.emulator.async_inference.outcome import Outcome
-from smbyoc.emulator.async_inference.queue import DurableQueue, Record, write_atomic
+from smbyoc.emulator.async_inference.queue import DurableQueue, Record
 from smbyoc.emulator.async_inference.settings import DEFAULT_MAX_CONCURRENCY, AsyncSettings
+from smbyoc.emulator.async_inference.storage import Storage, StorageErrors, as_uri, describe, from_text
 from smbyoc.emulator.front import LOCAL_REGION, Call, FrontError, Reply
-from smbyoc.errors import ConfigError
+from smbyoc.errors import AwsError, ConfigError
+from smbyoc.s3.uri import S3Uri
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +80,33 @@ class AsyncStats:
         return asdict(self)
 
 
+#: S3 error codes that say nothing about the result's location itself: an output that meets one stays queued (kept)
+#: for the next start instead of becoming a failure object.
+TRANSIENT_CODES = frozenset({"EndpointConnectionError", "NoCredentials", "InternalError", "ServiceUnavailable",
+                             "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException"})
+
+
+def _transient(error: BaseException) -> bool:
+    """Whether ``error`` (writing a result) is the store being unreachable or busy, not the location being wrong."""
+    return isinstance(error, AwsError) and (error.code is None or error.code in TRANSIENT_CODES)
+
+
 class AsyncEndpoint:
     """InvokeEndpointAsync for one endpoint (module docstring); pass it to ``Front(async_invocations=...)``.
 
-    ``config`` is the endpoint's ``AsyncInferenceConfig`` (local paths, as
+    ``config`` is the endpoint's ``AsyncInferenceConfig`` (``s3://`` prefixes or absolute local paths, as
     :class:`~smbyoc.emulator.endpoint_config.EndpointDefinition` holds it); ``state_dir`` the endpoint's own
     directory for the queue; ``invoke`` the endpoint's invocation path (variant choice, the container's
     ``/invocations``). ``clock`` is wall-clock seconds (acceptance times survive restarts); ``tick`` how often
-    expiry is checked; ``topics`` maps an SNS ARN of the config to a local topic (notifications module)."""
+    expiry is checked; ``topics`` maps an SNS ARN of the config to a local topic (notifications module);
+    ``endpoint_url`` the S3 API of ``s3://`` locations (``--endpoint-url``; default: boto3's, which reads
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``)."""
 
     def __init__(self, config: Mapping[str, Any], endpoint_name: str, state_dir: Path,
                  invoke: Callable[[Call], Awaitable[Reply]], *, instances: int = 1,
                  clock: Callable[[], float] = time.time, tick: float = DEFAULT_TICK,
                  default_max_concurrency: int = DEFAULT_MAX_CONCURRENCY, region: str = LOCAL_REGION,
-                 topics: Mapping[str, str] | None = None) -> None:
+                 topics: Mapping[str, str] | None = None, endpoint_url: str | None = None) -> None:
         if instances < 0:
             raise ConfigError(f"{instances}: expected 0 or more", key="instances")
         self.state_dir = Path(state_dir)
@@ -104,6 +120,7 @@ class AsyncEndpoint:
         self.tick = tick
         self.region = region
         self.queue = DurableQueue(self.state_dir)
+        self.storage = Storage(endpoint_url=endpoint_url)
         self._waiting: collections.deque[tuple[Record, int]] = collections.deque()
         self._tasks: dict[asyncio.Task[None], bool] = {}  # invocations: task → finishing (result being written)
         self._side: set[asyncio.Task[None]] = set()  # expiries and interrupted requests being failed
@@ -118,11 +135,19 @@ class AsyncEndpoint:
 
     # ---------------------------------------------------------------------------------------- protocol
     async def open(self, session: Any) -> None:
-        """Take the queue directory, recover what it holds, send the test notifications, start dispatching."""
+        """Check the S3 locations' buckets, take the queue directory, recover what it holds, send the test
+        notifications, start dispatching."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        await asyncio.to_thread(self._check_locations)
         recovered = await asyncio.to_thread(self.queue.open)
         for found in recovered:
+            if found.kept is not None:
+                log.info("async %s: request %s (InferenceId %s) has a result waiting for %s; storing it",
+                         self.endpoint_name, found.record.request_id, found.record.inference_id,
+                         found.kept.get("location"))
+                self._side_task(self._resume(found.record, found.kept, found.attempts))
+                continue
             if found.attempts:
                 self._counts["retried" if found.attempts < MAX_ATTEMPTS else "interrupted"] += 1
                 log.warning("async %s: request %s (InferenceId %s) was in flight when the endpoint stopped; "
@@ -131,8 +156,8 @@ class AsyncEndpoint:
             self._waiting.append((found.record, found.attempts))
         log.info("async %s: %d queued request(s) recovered from %s; outputs to %s, failures to %s, "
                  "%d call(s) in flight per instance, %d instance(s)", self.endpoint_name, len(recovered),
-                 self.queue.directory, self.settings.output_dir, self.settings.failure_dir, self.max_concurrency,
-                 self.instances)
+                 self.queue.directory, as_uri(self.settings.output), as_uri(self.settings.failure),
+                 self.max_concurrency, self.instances)
         topics = (self.settings.success_topic, self.settings.error_topic)
         for topic in {t.describe: t for t in topics if t is not None}.values():
             log.info("async %s: notifications to %s", self.endpoint_name, topic.describe)
@@ -146,12 +171,13 @@ class AsyncEndpoint:
         request = req.parse_request(headers, body)
         request_id = str(uuid.uuid4())
         inference_id = request.inference_id or request_id
-        where = req.locations(request, request_id, self.settings.output_dir, self.settings.failure_dir)
+        where = req.locations(request, request_id, self.settings.output, self.settings.failure)
+        source = request.input_location
         record = Record(
             seq=self.queue.next_seq(), request_id=request_id, inference_id=inference_id, accepted_at=self.clock(),
             ttl_seconds=request.ttl_seconds, timeout_seconds=request.timeout_seconds,
             content_type=request.content_type, accept=request.accept, custom_attributes=request.custom_attributes,
-            input_path=None if request.input_path is None else str(request.input_path),
+            input_path=None if source is None else str(source),
             body_b64=None if request.body is None else base64.b64encode(request.body).decode("ascii"),
             output_path=str(where.output), failure_path=str(where.failure))
         await asyncio.to_thread(self.queue.put, record)
@@ -159,11 +185,11 @@ class AsyncEndpoint:
         self._counts["accepted"] += 1
         self._kick()
         log.info("async %s: accepted %s (InferenceId %s, %s); backlog %d", self.endpoint_name, request_id,
-                 inference_id, f"input {request.input_path}" if request.input_path else f"{len(body)} bytes inline",
+                 inference_id, f"input {source}" if source is not None else f"{len(body)} bytes inline",
                  len(self._waiting) + len(self._tasks))
         return Reply(202, json.dumps({"InferenceId": inference_id}).encode("utf-8"),
-                     {"Content-Type": "application/json", req.OUTPUT_LOCATION: where.output.as_uri(),
-                      req.FAILURE_LOCATION: where.failure.as_uri()})
+                     {"Content-Type": "application/json", req.OUTPUT_LOCATION: as_uri(where.output),
+                      req.FAILURE_LOCATION: as_uri(where.failure)})
 
     async def close(self) -> None:
         """Stop dispatching; calls still waiting for the container are cancelled (they stay queued and run again
@@ -183,6 +209,14 @@ class AsyncEndpoint:
     def refuse_sync(self) -> NoReturn:
         """Raise the ``ValidationError`` InvokeEndpoint gets on this endpoint (call it from the router)."""
         raise req.refusal(self.endpoint_name)
+
+    def _check_locations(self) -> None:
+        """The buckets of S3 output and failure locations answer (credentials, existence): one line at start-up
+        rather than one unwritable result after another."""
+        key = "AsyncInferenceConfig.OutputConfig"
+        self.storage.check(self.settings.output, what=f"{key}.S3OutputPath")
+        if self.settings.failure != self.settings.output:
+            self.storage.check(self.settings.failure, what=f"{key}.S3FailurePath")
 
     def set_instances(self, instances: int) -> None:
         """Scale (0: requests queue up, ``HasBacklogWithoutCapacity``); callable from any thread."""
@@ -289,10 +323,11 @@ class AsyncEndpoint:
         try:
             body = record.body
             if body is None:
-                body = await asyncio.to_thread(outcome.read_input, Path(str(record.input_path)))
-        except OSError as e:
+                source = from_text(str(record.input_path))
+                body = await asyncio.to_thread(self.storage.read, source, limit=req.MAX_PAYLOAD)
+        except StorageErrors as e:
             return outcome.failure(record, f"ClientError: the input {record.input_path} cannot be read: "
-                                           f"{e.strerror or e}")
+                                           f"{describe(e)}")
         headers = {name: value for name, value in (
             ("Content-Type", record.content_type), ("Accept", record.accept),
             ("X-Amzn-SageMaker-Custom-Attributes", record.custom_attributes),
@@ -311,25 +346,51 @@ class AsyncEndpoint:
             _timeout.reset(token)
         return outcome.from_reply(record, reply)
 
-    async def _finish(self, record: Record, result: Outcome) -> None:
-        """Write the result object, notify, then forget the request (in that order: at-least-once)."""
+    async def _resume(self, record: Record, kept: Mapping[str, Any], attempts: int) -> None:
+        """Store the result a previous run kept for an S3 location (the request does not run again)."""
         try:
-            await asyncio.to_thread(write_atomic, result.path, result.data)
-        except OSError as e:
-            if result.ok:  # the failure location says why the output is missing
+            data = await asyncio.to_thread(self.queue.kept_data, record)
+            result = Outcome.from_info(kept, data)
+        except (OSError, KeyError, ValueError) as e:
+            log.error("async %s: the kept result of %s cannot be read (%s); the request runs again",
+                      self.endpoint_name, record.request_id, e)
+            self._waiting.append((record, attempts))
+            self._forget_current_task()
+            return
+        await self._finish(record, result, kept=True)
+
+    def _store(self, record: Record, result: Outcome, kept: bool) -> None:
+        """Write ``result`` at its location (in a worker thread); a result bound for S3 is kept in the queue first,
+        so that a stop during the upload redoes the upload, not the request."""
+        if isinstance(result.location, S3Uri) and not kept:
+            try:
+                self.queue.keep_result(record, result.info(), result.data)
+            except OSError as e:  # the upload below still runs; only a stop during it would run the request again
+                log.warning("async %s: the result of %s cannot be kept in the queue (%s)", self.endpoint_name,
+                            record.request_id, e.strerror or e)
+        self.storage.write(result.location, result.data, content_type=result.content_type)
+
+    async def _finish(self, record: Record, result: Outcome, *, kept: bool = False) -> None:
+        """Write the result object, notify, then forget the request (in that order: at-least-once)."""
+        where = str(result.location)
+        try:
+            await asyncio.to_thread(self._store, record, result, kept)
+        except StorageErrors as e:
+            if result.ok and not _transient(e):  # the failure location says why the output is missing
                 await self._finish(record, outcome.failure(
-                    record, f"InternalFailure: the output cannot be written to {result.path}: {e.strerror or e}"))
+                    record, f"InternalFailure: the output cannot be written to {where}: {describe(e)}"))
                 return
-            log.error("async %s: the result of %s cannot be written to %s (%s); it stays queued for the next "
-                      "start", self.endpoint_name, record.request_id, result.path, e.strerror or e)
+            log.error("async %s: the %s of %s cannot be written to %s (%s); it stays queued for the next start",
+                      self.endpoint_name, "output" if result.ok else "failure", record.request_id, where,
+                      describe(e))
             self._counts["unwritable"] += 1
             self._forget_current_task()
             return
         now = self.clock()
         if result.ok:
-            log.info("async %s: %s completed -> %s", self.endpoint_name, record.request_id, result.path)
+            log.info("async %s: %s completed -> %s", self.endpoint_name, record.request_id, where)
         else:
-            log.warning("async %s: %s failed -> %s: %s", self.endpoint_name, record.request_id, result.path,
+            log.warning("async %s: %s failed -> %s: %s", self.endpoint_name, record.request_id, where,
                         result.reason)
         topic = self.settings.success_topic if result.ok else self.settings.error_topic
         if topic is not None:

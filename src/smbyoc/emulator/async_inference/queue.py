@@ -6,13 +6,17 @@ Layout under ``state_dir``::
     lock                       held (flock) by the one AsyncEndpoint that serves the queue
     queue/<seq>.json           one accepted request (a :class:`Record`), named by a 20-digit sequence number
     queue/<seq>.attempt        how many times the request was handed to the container ("1", "2")
+    queue/<seq>.result         the result of a request whose result location is in S3, kept until it is stored
+    queue/<seq>.result.info    what that result is, JSON (written after the bytes: it says both are complete)
     queue/.<name>.partial      a file being written (never read; removed on recovery)
 
 Durability: :meth:`DurableQueue.put` writes the record to a temporary name, fsyncs it, renames it into place and
 fsyncs the directory before it returns, so a request is on disk before its 202; :meth:`DurableQueue.remove` runs
 only once the request's result has been written the same way (:func:`write_atomic`). The attempt marker is
 written (atomically) before each call of the container: a request found with a marker at start-up was in flight
-when the process stopped, and is retried (at-least-once delivery).
+when the process stopped, and is retried (at-least-once delivery). A result bound for S3 is kept in the queue
+(:meth:`DurableQueue.keep_result`) before it is uploaded: a request found with a kept result at start-up is not
+run again, only its upload is redone.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ log = logging.getLogger(__name__)
 
 RECORD_VERSION = 1
 SEQ_DIGITS = 20
+RESULT_SUFFIX = ".result"
+#: Beside a kept result: what it is (JSON).
+RESULT_INFO_SUFFIX = ".result.info"
 
 
 @dataclass(frozen=True)
@@ -52,10 +59,12 @@ class Record:
     content_type: str | None
     accept: str | None
     custom_attributes: str | None
-    #: The payload file (InputLocation), read when the request runs; None: the body is inline.
+    #: The payload's InputLocation, read when the request runs: an absolute local path or an ``s3://`` URI;
+    #: None: the body is inline.
     input_path: str | None
     #: The inline body, base64 (≤ 128,000 bytes before encoding); None: see input_path.
     body_b64: str | None
+    #: Where the result goes (2xx / everything else): an absolute local path or an ``s3://`` URI each.
     output_path: str
     failure_path: str
 
@@ -110,6 +119,8 @@ class Recovered:
 
     record: Record
     attempts: int
+    #: The description of a result kept for an S3 location (:meth:`DurableQueue.keep_result`), or None.
+    kept: Mapping[str, Any] | None = None
 
 
 class DurableQueue:
@@ -158,12 +169,26 @@ class DurableQueue:
                 log.error("async queue: %s cannot be read (%s); moved to %s", entry, e, aside)
                 continue
             names.add(record.name)
-            found.append(Recovered(record, self._attempts(record)))
+            found.append(Recovered(record, self._attempts(record), self._kept(record)))
             self._last_seq = max(self._last_seq, record.seq)
-        for marker in self.directory.glob("*.attempt"):
-            if marker.stem not in names:
-                marker.unlink()
+        for pattern in ("*.attempt", f"*{RESULT_SUFFIX}", f"*{RESULT_INFO_SUFFIX}"):
+            for extra in self.directory.glob(pattern):
+                if extra.name.partition(".")[0] not in names:
+                    extra.unlink()
         return found
+
+    def _kept(self, record: Record) -> Mapping[str, Any] | None:
+        described = self.directory / f"{record.name}{RESULT_INFO_SUFFIX}"
+        try:
+            kept = json.loads(described.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.error("async queue: %s cannot be read (%s); the request runs again", described, e)
+            return None
+        if not isinstance(kept, dict) or not (self.directory / f"{record.name}{RESULT_SUFFIX}").is_file():
+            return None
+        return kept
 
     def _attempts(self, record: Record) -> int:
         try:
@@ -184,10 +209,25 @@ class DurableQueue:
     def mark_attempt(self, record: Record, attempt: int) -> None:
         write_atomic(self.directory / f"{record.name}.attempt", str(attempt).encode())
 
+    def keep_result(self, record: Record, described: Mapping[str, Any], data: bytes) -> None:
+        """Keep ``record``'s result (``data`` and its description) until :meth:`remove`: the bytes first, then the
+        description that says they are complete (a description kept before is removed first: it never describes
+        other bytes)."""
+        described_path = self.directory / f"{record.name}{RESULT_INFO_SUFFIX}"
+        if described_path.exists():
+            described_path.unlink()
+            fsync_dir(self.directory)
+        write_atomic(self.directory / f"{record.name}{RESULT_SUFFIX}", data)
+        write_atomic(described_path, json.dumps(dict(described), sort_keys=True).encode("utf-8"))
+
+    def kept_data(self, record: Record) -> bytes:
+        return (self.directory / f"{record.name}{RESULT_SUFFIX}").read_bytes()
+
     def remove(self, record: Record) -> None:
-        """Forget ``record`` (its result is written): the record first, then its marker."""
+        """Forget ``record`` (its result is written): the record first, then its marker and any kept result."""
         with contextlib.suppress(FileNotFoundError):
             (self.directory / f"{record.name}.json").unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.directory / f"{record.name}.attempt").unlink()
+        for suffix in (".attempt", RESULT_INFO_SUFFIX, RESULT_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / f"{record.name}{suffix}").unlink()
         fsync_dir(self.directory)

@@ -1,12 +1,14 @@
 """One ``InvokeEndpointAsync`` request as SageMaker reads it (contract-endpoints.md §6.2), and where its result goes.
 
 :func:`parse_request` checks the request headers BOTO-RT defines, in the order of the API's table, each failure one
-``ValidationError`` naming the header; then ``Body`` XOR ``InputLocation``. A local path or a ``file://`` URI
-stands for the S3 object (``s3://`` and ``https://`` are refused for now).
+``ValidationError`` naming the header; then ``Body`` XOR ``InputLocation``. An ``InputLocation`` is an
+``s3://bucket/key`` URI (its syntax checked now, the object read when the request runs) or a local file (an
+absolute path or a ``file://`` URI, checked now) standing for the S3 object; ``https://`` S3 URLs are refused.
 
 :func:`locations` names the result objects (§6.3; the rule is **[UNCONFIRMED]**, see docs/async-inference.md):
 ``<S3OutputPath>[/<S3OutputPathExtension>]/<Filename or <request id>.out>`` for a 2xx answer and
-``<S3FailurePath>[/<S3OutputPathExtension>]/<Filename stem or request id>-error.out`` for everything else.
+``<S3FailurePath>[/<S3OutputPathExtension>]/<Filename stem or request id>-error.out`` for everything else, each
+a local path or an S3 object as the configuration says.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from smbyoc.emulator.async_inference.storage import Location, below
 from smbyoc.emulator.front import FrontError, validation_error
+from smbyoc.errors import ConfigError
+from smbyoc.s3.uri import S3Uri, key_problem
 
 PREFIX = "X-Amzn-SageMaker-"
 INPUT_LOCATION = PREFIX + "InputLocation"
@@ -50,11 +55,11 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 @dataclass(frozen=True)
 class AsyncRequest:
-    """A validated request: the payload (``body``) or where it is (``input_path``), and its parameters."""
+    """A validated request: the payload (``body``) or where it is (``input_location``), and its parameters."""
 
     inference_id: str
     body: bytes | None
-    input_path: Path | None
+    input_location: Location | None
     content_type: str | None
     accept: str | None
     custom_attributes: str | None
@@ -68,8 +73,8 @@ class AsyncRequest:
 class Locations:
     """Where a request's result will be: the output object (2xx) and the failure object (everything else)."""
 
-    output: Path
-    failure: Path
+    output: Location
+    failure: Location
 
 
 def _text(headers: Mapping[str, str], name: str, limit: int) -> str | None:
@@ -138,20 +143,27 @@ def _filename(headers: Mapping[str, str]) -> str | None:
     return value
 
 
-def input_path(location: str) -> Path:
-    """The local file ``X-Amzn-SageMaker-InputLocation`` names (an absolute path or a ``file://`` URI); it must
-    be a regular file within the payload limit."""
+def input_location(location: str) -> Location:
+    """Where the payload ``X-Amzn-SageMaker-InputLocation`` names is: an ``s3://bucket/key`` object (its syntax
+    checked; the object is read when the request runs) or a local file (an absolute path or a ``file://`` URI),
+    which must be a regular file within the payload limit."""
     if not 1 <= len(location) <= INPUT_LOCATION_MAX:
         raise validation_error(f"{INPUT_LOCATION}: the value has {len(location)} characters; expected 1 to "
                                f"{INPUT_LOCATION_MAX}")
     found = _SCHEME.match(location)
     if found is not None:
         scheme = found.group(1).lower()
-        if scheme in ("s3", "https"):
-            raise validation_error(f"{INPUT_LOCATION}: {location!r}: S3 URIs are not supported yet; give a local "
-                                   "path or a file:// URI")
+        if scheme == "s3":
+            try:
+                return S3Uri.parse(location, need_key=True, what=INPUT_LOCATION)
+            except ConfigError as e:
+                raise validation_error(str(e)) from e
+        if scheme == "https":
+            raise validation_error(f"{INPUT_LOCATION}: {location!r}: S3 URIs are not supported yet in the https:// "
+                                   "form; give s3://bucket/key, a local path or a file:// URI")
         if scheme != "file":
-            raise validation_error(f"{INPUT_LOCATION}: {location!r}: expected a local path or a file:// URI")
+            raise validation_error(f"{INPUT_LOCATION}: {location!r}: expected s3://bucket/key, a local path or a "
+                                   "file:// URI")
         parts = urllib.parse.urlsplit(location)
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise validation_error(f"{INPUT_LOCATION}: {location!r}: a file:// URI needs an absolute path "
@@ -199,21 +211,27 @@ def parse_request(headers: Mapping[str, str], body: bytes) -> AsyncRequest:
     if location is None and len(body) > MAX_INLINE_BODY:
         raise validation_error(f"Body: the request body has {len(body):,} bytes; the limit is {MAX_INLINE_BODY:,} "
                                f"(put larger payloads in a file and give {INPUT_LOCATION})")
-    path = input_path(location) if location is not None else None
-    return AsyncRequest(inference_id or "", body if path is None else None, path, content_type, accept, custom,
+    where = input_location(location) if location is not None else None
+    return AsyncRequest(inference_id or "", body if where is None else None, where, content_type, accept, custom,
                         ttl, timeout, extension, filename)
 
 
-def locations(request: AsyncRequest, request_id: str, output_dir: Path, failure_dir: Path) -> Locations:
-    """Where ``request`` (internal id ``request_id``) will leave its result (module docstring)."""
+def locations(request: AsyncRequest, request_id: str, output: Location, failure: Location) -> Locations:
+    """Where ``request`` (internal id ``request_id``) will leave its result (module docstring), under the
+    configuration's ``output`` and ``failure`` locations; a ``ValidationError`` when an S3 key would be longer
+    than S3 allows."""
     if request.filename is not None:
         output_name = request.filename
         failure_name = request.filename.partition(".")[0] + "-error.out"
     else:
         output_name = f"{request_id}.out"
         failure_name = f"{request_id}-error.out"
-    return Locations(output_dir.joinpath(*request.extension, output_name),
-                     failure_dir.joinpath(*request.extension, failure_name))
+    where = Locations(below(output, request.extension, output_name), below(failure, request.extension, failure_name))
+    for location in (where.output, where.failure):
+        problem = key_problem(location.key) if isinstance(location, S3Uri) else None
+        if problem is not None:
+            raise validation_error(f"{OUTPUT_PATH_EXTENSION}: {location}: {problem}")
+    return where
 
 
 def refusal(endpoint_name: str) -> FrontError:
