@@ -124,3 +124,15 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, moto_server: str) -> str:
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
     return moto_server
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def front_event_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs twice: the endpoint front (and ``smbyoc.emulator.front.new_event_loop`` callers reading
+    ``DEFAULT_EVENT_LOOP``) on asyncio's event loop, then on uvloop's (the front's default when installed).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("front_event_loop")``."""
+    from smbyoc.emulator import front
+
+    pytest.importorskip(request.param)
+    monkeypatch.setattr(front, "DEFAULT_EVENT_LOOP", request.param)
+    return str(request.param)

@@ -24,19 +24,11 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from helpers import free_port
-from smbyoc.emulator import front as front_module
 from smbyoc.emulator.async_inference import DEFAULT_MAX_CONCURRENCY, AsyncEndpoint, current_invocation_timeout
 from smbyoc.emulator.front import Call, Front, FrontError, Reply
 from smbyoc.errors import ConfigError, ServingError
 
-
-@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
-def front_event_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs with the endpoint front on asyncio's event loop and on uvloop's (its default when
-    installed): the same answers."""
-    pytest.importorskip(request.param)
-    monkeypatch.setattr(front_module, "DEFAULT_EVENT_LOOP", request.param)
-    return str(request.param)
+pytestmark = pytest.mark.usefixtures("front_event_loop")
 
 NAME = "churn-async"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"

@@ -21,20 +21,12 @@ import pytest
 from aiohttp import web
 
 from helpers import free_port
-from smbyoc.emulator import front as front_module
 from smbyoc.emulator import runtime_client
 from smbyoc.emulator.front import FORWARDED_HEADERS, Call, Front, FrontError, forwarded_headers
 from smbyoc.emulator.multi_model import ModelSource, MultiModelRouter, model_key
 from smbyoc.emulator.runtime_client import InvokeError
 
-
-@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
-def front_event_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs with the endpoint front on asyncio's event loop and on uvloop's (its default when
-    installed): the same answers."""
-    pytest.importorskip(request.param)
-    monkeypatch.setattr(front_module, "DEFAULT_EVENT_LOOP", request.param)
-    return str(request.param)
+pytestmark = pytest.mark.usefixtures("front_event_loop")
 
 
 def write_model(path: Path, marker: str, extra: dict[str, bytes] | None = None) -> None:

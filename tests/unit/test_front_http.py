@@ -20,14 +20,7 @@ from smbyoc.emulator.front import Call, Front, FrontError, Reply, new_event_loop
 from smbyoc.emulator.http_server import HttpServer, Request, Response, ServerLimits, plain
 from smbyoc.errors import ConfigError
 
-LOOPS = ["asyncio", "uvloop"]
-
-
-@pytest.fixture(autouse=True, params=LOOPS)
-def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    pytest.importorskip(request.param)
-    monkeypatch.setattr(front_module, "DEFAULT_EVENT_LOOP", request.param)
-    return str(request.param)
+pytestmark = pytest.mark.usefixtures("front_event_loop")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -133,14 +126,14 @@ class ServerThread:
 
 
 @pytest.fixture
-def server_of(loop_kind: str) -> Iterator[Callable[..., ServerThread]]:
+def server_of(front_event_loop: str) -> Iterator[Callable[..., ServerThread]]:
     made: list[ServerThread] = []
 
     def make(handler: Callable[[Request], Awaitable[Response]] | None = None, **kwargs: Any) -> ServerThread:
         async def echo(request: Request) -> Response:
             return Response(200, request.body, {"X-Method": request.method, "X-Path": request.path})
 
-        made.append(ServerThread(handler or echo, loop_kind, **kwargs))
+        made.append(ServerThread(handler or echo, front_event_loop, **kwargs))
         return made[-1]
 
     yield make
@@ -384,14 +377,14 @@ def test_handler_errors_and_unsendable_answers_are_500(server_of: Callable[..., 
     conn.close()
 
 
-def test_close_waits_for_requests_in_progress(loop_kind: str) -> None:
+def test_close_waits_for_requests_in_progress(front_event_loop: str) -> None:
     release = threading.Event()
 
     async def handler(request: Request) -> Response:
         await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
         return plain(200, "done")
 
-    server = ServerThread(handler, loop_kind, limits=ServerLimits(shutdown_grace=10))
+    server = ServerThread(handler, front_event_loop, limits=ServerLimits(shutdown_grace=10))
     busy = Conn(server.port).send(b"GET / HTTP/1.1\r\n\r\n")
     idle = Conn(server.port)
     deadline = time.monotonic() + 10
@@ -445,7 +438,8 @@ def test_an_unknown_event_loop_is_refused() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ upstream timeouts
-def test_long_upstream_timeouts_are_enforced_by_the_sweep(loop_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_upstream_timeouts_are_enforced_by_the_sweep(front_event_loop: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Timeouts from COARSE_TIMEOUT up are not a timer per request but a sweep of the busy connections."""
     from smbyoc.emulator import upstream
 
@@ -470,7 +464,7 @@ def test_long_upstream_timeouts_are_enforced_by_the_sweep(loop_kind: str, monkey
             await pool.close()
             server.close()
 
-    loop = new_event_loop(loop_kind)
+    loop = new_event_loop(front_event_loop)
     try:
         loop.run_until_complete(asyncio.wait_for(main(), 30))
     finally:

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from helpers import free_port
-from smbyoc.emulator import front as front_module
 from smbyoc.emulator import jobs
 from smbyoc.emulator.endpoint import EndpointSpec
 from smbyoc.emulator.front import Front
@@ -37,14 +36,7 @@ from smbyoc.emulator.multi_container import (
 from smbyoc.emulator.pipeline import CONTAINER_HEADER, DirectRouter, SerialRouter, Target
 from smbyoc.errors import ConfigError, ServingError
 
-
-@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
-def front_event_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs with the endpoint front on asyncio's event loop and on uvloop's (its default when
-    installed): the same answers."""
-    pytest.importorskip(request.param)
-    monkeypatch.setattr(front_module, "DEFAULT_EVENT_LOOP", request.param)
-    return str(request.param)
+pytestmark = pytest.mark.usefixtures("front_event_loop")
 
 # ------------------------------------------------------------------------------------ --container parsing
 

@@ -22,7 +22,6 @@ import pytest
 from aiohttp import web
 
 from helpers import free_port
-from smbyoc.emulator import front as front_module
 from smbyoc.emulator.endpoint import DockerEndpoint, EndpointSpec
 from smbyoc.emulator.front import Front
 from smbyoc.emulator.hosted_endpoint import ContainerRouter
@@ -36,14 +35,7 @@ from smbyoc.emulator.serverless import (
 from smbyoc.emulator.variants import EndpointRouter, Instance
 from smbyoc.errors import ConfigError, ServingError
 
-
-@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
-def front_event_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs with the endpoint front on asyncio's event loop and on uvloop's (its default when
-    installed): the same answers."""
-    pytest.importorskip(request.param)
-    monkeypatch.setattr(front_module, "DEFAULT_EVENT_LOOP", request.param)
-    return str(request.param)
+pytestmark = pytest.mark.usefixtures("front_event_loop")
 
 ENDPOINT = "sls"
 SETUP = SETUP_TIME_HEADER.lower()

@@ -7,35 +7,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from smbyoc.emulator import front as front_module
 from smbyoc.emulator.front import FrontError, new_event_loop, post
 from smbyoc.emulator.upstream import Headers, UpstreamError, UpstreamLimits, UpstreamPool
 
 LOCAL = "127.0.0.1"
 
 
-@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
-def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test runs on asyncio's event loop and on uvloop's (the endpoint front's default when installed)."""
-    pytest.importorskip(request.param)
-    _LOOP[0] = request.param
-    yield str(request.param)
-    _LOOP[0] = "asyncio"
+pytestmark = pytest.mark.usefixtures("front_event_loop")
 
 
-_LOOP = ["asyncio"]
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     async def bounded() -> Any:
         return await asyncio.wait_for(coro, 30)
 
-    loop = new_event_loop(_LOOP[0])
+    loop = new_event_loop(front_module.DEFAULT_EVENT_LOOP)
     try:
         return loop.run_until_complete(bounded())
     finally:  # (what asyncio.run does after the main coroutine)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from smbyoc.emulator import front as front_module
 from smbyoc.emulator.front import Call, FrontError, Reply, new_event_loop
 from smbyoc.emulator.variants import EndpointRouter, Instance, Variant, shadow_share
 
@@ -50,20 +50,13 @@ def variant(name: str, weight: float = 1.0, instances: int = 1, gate: asyncio.Ev
 CALL = Call(b"x", {"Content-Type": "text/plain"})
 
 
-@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
-def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test runs on asyncio's event loop and on uvloop's (the endpoint front's default when installed)."""
-    pytest.importorskip(request.param)
-    _LOOP[0] = request.param
-    yield str(request.param)
-    _LOOP[0] = "asyncio"
+pytestmark = pytest.mark.usefixtures("front_event_loop")
 
 
-_LOOP = ["asyncio"]
 
 
 def run(coro: Any) -> Any:
-    loop = new_event_loop(_LOOP[0])
+    loop = new_event_loop(front_module.DEFAULT_EVENT_LOOP)
     try:
         return loop.run_until_complete(coro)
     finally:  # (what asyncio.run does after the main coroutine)
