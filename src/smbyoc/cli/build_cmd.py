@@ -12,8 +12,8 @@ from smbyoc.images.variants import VARIANT_NAMES
 
 
 @click.command("build")
-@click.option("--kind", type=click.Choice(["train", "serve"]), required=True,
-              help="Training image (`train`) or inference image (`serve`).")
+@click.option("--kind", type=click.Choice(["train", "serve"]), default=None,
+              help="Training image (`train`) or inference image (`serve`). Required unless --list.")
 @click.option("--variant", type=click.Choice(VARIANT_NAMES), default="cpu",
               help="Image variant (images/<variant>/): cpu, cuda, arm64 (Graviton/Neo), ei (migration "
                    "path off Elastic Inference), neuron (Trainium/Inferentia2).")
@@ -37,10 +37,14 @@ from smbyoc.images.variants import VARIANT_NAMES
                    "Prints DIR.")
 @click.option("--force", is_flag=True, help="With --emit-context: replace DIR when it is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result, not the build steps.")
+@click.option("--list", "list_images", is_flag=True,
+              help="Build nothing: list the smbyoc images in the local engine (tag, variant, kind, platform, size, "
+                   "created, source fingerprint, whether stale against this smbyoc's source, capabilities).")
+@click.option("--json", "as_json", is_flag=True, help="With --list: print a JSON array instead of a table.")
 @library_errors
-def build(kind: str, variant: str, tag: str | None, code_dir: Path | None, base_image: str | None,
+def build(kind: str | None, variant: str, tag: str | None, code_dir: Path | None, base_image: str | None,
           requirements: Path | None, multi_model: bool, no_cache: bool, emit_dir: Path | None, force: bool,
-          quiet: bool) -> None:
+          quiet: bool, list_images: bool, as_json: bool) -> None:
     """Build a SageMaker image: resolve Python packages on this machine into a wheelhouse, build
     through the Docker Engine (no network inside the build), print the image id and size.
     With --emit-context DIR, write that build context to DIR for `docker build` instead (CodeBuild,
@@ -52,8 +56,24 @@ def build(kind: str, variant: str, tag: str | None, code_dir: Path | None, base_
       smbyoc build --kind train --base-image smbyoc/base:bookworm   # air-gapped (scripts/build-base-image)
       smbyoc build --kind serve --multi-model --tag my-model:mme    # for a multi-model endpoint
       smbyoc build --kind serve --context ./code --emit-context ctx   # then: docker build -t my-model:serve ctx
+      smbyoc build --list                                   # what is built here, and what is stale (--json)
     """
     from smbyoc.images.builder import MULTI_MODELS_LABEL, build_image, emit_context
+
+    if list_images:
+        given = [name for name, value in (("--kind", kind), ("--tag", tag), ("--context", code_dir),
+                                          ("--base-image", base_image), ("--requirements", requirements),
+                                          ("--multi-model", multi_model), ("--no-cache", no_cache),
+                                          ("--emit-context", emit_dir), ("--force", force)) if value]
+        if given or variant != "cpu":
+            raise ConfigError(f"builds nothing; it takes only --json, not {', '.join(given) or '--variant'}",
+                              key="--list")
+        _list(as_json)
+        return
+    if as_json:
+        raise ConfigError("only with --list", key="--json")
+    if kind is None:
+        raise click.UsageError("Missing option '--kind' (train or serve), or --list.")
 
     if multi_model and kind != "serve":
         raise ConfigError("only for --kind serve (multi-model endpoints are for inference)", key="--multi-model")
@@ -71,6 +91,21 @@ def build(kind: str, variant: str, tag: str | None, code_dir: Path | None, base_
     emitted = emit_context(kind, emit_dir, variant, tag, code_dir=code_dir, base_image=base_image,
                            requirements=requirements, labels=labels, force=force, progress=progress)
     click.echo(str(emitted.path))
+
+
+def _list(as_json: bool) -> None:
+    import json
+
+    from smbyoc.docker.client import get_client
+    from smbyoc.images.inventory import list_images, table
+
+    found = list_images(get_client())
+    if as_json:
+        click.echo(json.dumps([image.to_dict() for image in found], indent=2))
+    elif found:
+        click.echo(table(found))
+    else:
+        click.echo("no smbyoc images in the local Docker Engine (build one with smbyoc build --kind serve)", err=True)
 
 
 COMMANDS = [build]

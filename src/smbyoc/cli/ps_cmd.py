@@ -61,6 +61,7 @@ def ps(as_json: bool, docker: bool) -> None:
             "TrainingJobs": [r.describe() for r in records if r.kind == jobs.TRAINING],
             "Endpoints": [r.describe() for r in records if r.kind == jobs.ENDPOINT],
             "TransformJobs": [r.describe() for r in records if r.kind == jobs.TRANSFORM],
+            "ProcessingJobs": [r.describe() for r in records if r.kind == jobs.PROCESSING],
             "DockerResources": resources,
         }, indent=2))
         return

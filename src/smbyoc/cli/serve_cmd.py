@@ -171,7 +171,7 @@ def local_serve(
             if image is None:
                 from smbyoc.images.defaults import ensure_default_image
 
-                image = ensure_default_image(client, "serve")
+                image = ensure_default_image(client, "serve", instance_type)
                 if local_model is None:
                     from smbyoc.emulator.default_model import default_model
 

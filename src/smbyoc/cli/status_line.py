@@ -1,4 +1,4 @@
-"""What a person watching a training job sees: a live status line and host-prefixed logs.
+"""What a person watching a training or processing job sees: a live status line and host-prefixed logs.
 
 On a terminal the status line (job name, host count, elapsed time, the states so far, e.g.
 ``Starting → Downloading → Training``) is redrawn in place every second on stderr, and log lines are
@@ -17,7 +17,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TextIO
+from typing import Any, TextIO
+
+import click
 
 ARROW = " → "
 
@@ -130,3 +132,31 @@ class StatusDisplay:
                 self.err.write("\r\033[K" + self.line() + "\n")
                 self.err.flush()
                 self._shown = False
+
+
+class JobConsole:
+    """What a ``local-*`` job command shows while the job runs: ``header(spec)`` once every check passed, then the
+    live status line and the hosts' log lines (on stderr under ``--json``, so stdout holds the JSON alone).
+    ``spec`` is any job spec with ``job_name`` and ``instance_count``."""
+
+    def __init__(self, as_json: bool, header: Callable[[Any], str]) -> None:
+        self.as_json = as_json
+        self.header = header
+        self.display: StatusDisplay | None = None
+
+    def start(self, spec: Any) -> None:
+        self.display = StatusDisplay(spec.job_name, spec.instance_count, out=sys.stderr if self.as_json else None)
+        click.echo(self.header(spec), err=True)
+        self.display.start()
+
+    def on_status(self, primary: str, secondary: str) -> None:
+        if self.display is not None:
+            self.display.on_status(primary, secondary)
+
+    def log_line(self, host: str, text: str) -> None:
+        if self.display is not None:
+            self.display.log_line(host, text)
+
+    def close(self) -> None:
+        if self.display is not None:
+            self.display.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
-import sys
 
 import click
 
@@ -22,41 +21,13 @@ from smbyoc.cli.options import (
     quiet_aws_logs,
 )
 from smbyoc.cli.request_options import maybe_print_or_submit_training, request_options
-from smbyoc.cli.status_line import StatusDisplay, stdout_to_stderr
-from smbyoc.emulator.job_spec import TrainingJobSpec, load_hyperparameters_argument, merge_hyperparameters
+from smbyoc.cli.status_line import JobConsole, stdout_to_stderr
+from smbyoc.emulator.job_spec import load_hyperparameters_argument, merge_hyperparameters
 from smbyoc.emulator.local_training import LocalTrainingJob, run_local_training
 from smbyoc.emulator.result import TrainingJobResult
 from smbyoc.errors import ConfigError
 from smbyoc.logs import terminal_safe
 from smbyoc.s3.staging import Staging
-
-
-class JobConsole:
-    """What ``local-train`` shows while the job runs: a header line once every check passed, then the
-    live status line and the hosts' log lines (on stderr under ``--json``, so stdout holds the JSON alone)."""
-
-    def __init__(self, mode: str, as_json: bool) -> None:
-        self.mode = mode
-        self.as_json = as_json
-        self.display: StatusDisplay | None = None
-
-    def start(self, spec: TrainingJobSpec) -> None:
-        self.display = StatusDisplay(spec.job_name, spec.instance_count, out=sys.stderr if self.as_json else None)
-        click.echo(f"Training job {spec.job_name} ({self.mode} mode, {spec.instance_count} x {spec.instance_type})",
-                   err=True)
-        self.display.start()
-
-    def on_status(self, primary: str, secondary: str) -> None:
-        if self.display is not None:
-            self.display.on_status(primary, secondary)
-
-    def log_line(self, host: str, text: str) -> None:
-        if self.display is not None:
-            self.display.log_line(host, text)
-
-    def close(self) -> None:
-        if self.display is not None:
-            self.display.close()
 
 
 def echo_result(result: TrainingJobResult, as_json: bool, staging: Staging | None = None) -> None:
@@ -245,7 +216,8 @@ def local_train(
             gpus=gpus,
             keep_tree=keep_tree,
         )
-        console = JobConsole(mode, as_json)
+        console = JobConsole(as_json, lambda spec: f"Training job {spec.job_name} ({mode} mode, "
+                                                    f"{spec.instance_count} x {spec.instance_type})")
         try:
             with stdout_to_stderr() if as_json else contextlib.nullcontext():
                 result = run_local_training(job, on_start=console.start, on_status=console.on_status,

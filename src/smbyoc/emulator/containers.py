@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from smbyoc.docker.client import translate_docker_errors
+from smbyoc.emulator import image_platform
 from smbyoc.emulator.owners import Owner
 from smbyoc.errors import DockerError
 
@@ -43,11 +44,13 @@ def labels(job: str, host: str | None = None) -> dict[str, str]:
     return result
 
 
-def require_image(client: Any, image: str) -> Any:
+def require_image(client: Any, image: str, *, instance_type: str | None = None) -> Any:
+    """The engine's ``image``; DockerError (one line) when absent. With ``instance_type``, also ConfigError when
+    the image's platform is not the instance's (:func:`smbyoc.emulator.image_platform.check`)."""
     import docker.errors
 
     try:
-        return client.images.get(image)
+        found = client.images.get(image)
     except docker.errors.ImageNotFound as e:
         raise DockerError(
             f"image {image!r} is not present in the local Docker Engine; build it with `smbyoc build` "
@@ -55,6 +58,9 @@ def require_image(client: Any, image: str) -> Any:
         ) from e
     except docker.errors.APIError as e:
         raise DockerError(f"Docker Engine error looking up image {image!r}: {e.explanation or e}") from e
+    if instance_type is not None:
+        image_platform.check(image, getattr(found, "attrs", None) or {}, instance_type)
+    return found
 
 
 def stream_logs(container: Any, host: str, sink: HostLineSink) -> threading.Thread:

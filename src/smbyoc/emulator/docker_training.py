@@ -21,12 +21,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from smbyoc import exit_codes
 from smbyoc.docker.client import translate_docker_errors
 from smbyoc.emulator import containers
 from smbyoc.emulator.containers import HostLineSink
+from smbyoc.emulator.instance_types import InstanceType
 from smbyoc.emulator.job_spec import TrainingJobSpec
 from smbyoc.emulator.layout import HostTree
 from smbyoc.emulator.result import HostOutcome
@@ -35,6 +36,28 @@ from smbyoc.errors import ConfigError, DockerError
 log = logging.getLogger(__name__)
 
 CONTAINER_ML = "/opt/ml"
+
+
+class ContainerJob(Protocol):
+    """What the Docker job engine reads of a job (a training job's or a processing job's spec)."""
+
+    @property
+    def job_name(self) -> str: ...
+
+    @property
+    def network_isolation(self) -> bool: ...
+
+    @property
+    def instance_type(self) -> str: ...
+
+    @property
+    def instance(self) -> InstanceType: ...
+
+    @property
+    def gpu_count(self) -> int: ...
+
+
+SpecT = TypeVar("SpecT", bound=ContainerJob)
 
 
 def print_line(host: str, line: str) -> None:
@@ -69,7 +92,7 @@ def gpu_device_requests(count: int) -> list[Any]:
     return [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]
 
 
-def neuron_devices_for(spec: TrainingJobSpec, dev: Path = Path("/dev")) -> list[str]:
+def neuron_devices_for(spec: ContainerJob, dev: Path = Path("/dev")) -> list[str]:
     """``/dev/neuron*`` mappings for a Neuron instance type; ConfigError when this machine has none."""
     wanted = spec.instance.neuron_devices
     if wanted == 0:
@@ -151,7 +174,11 @@ def create_job_network(client: Any, name: str, hosts: Sequence[str], *, internal
 
 
 @dataclass
-class DockerTrainingBackend:
+class DockerJobBackend(Generic[SpecT]):
+    """One container per host of a job on one network, started together and waited for; a host that fails
+    stops the others; ``stop`` is ``docker stop -t stop_timeout``. Subclasses say what runs in each
+    container (:meth:`process_args`): ``train`` for training, the image's entrypoint for processing."""
+
     client: Any
     image: str
     code_dir: Path | None = None
@@ -170,47 +197,29 @@ class DockerTrainingBackend:
     started: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     # -- checks before anything starts ----------------------------------------------------------
-    def preflight(self, spec: TrainingJobSpec) -> None:
-        """Refuse, with one line, what cannot run here: a missing image, Neuron devices that are absent.
+    def preflight(self, spec: SpecT) -> None:
+        """Refuse, with one line, what cannot run here: a missing image, an image for another platform than the
+        instance type's, Neuron devices that are absent.
         Called once per job, before anything is created; ``run`` does not look the image up again."""
-        containers.require_image(self.client, self.image)
+        containers.require_image(self.client, self.image, instance_type=spec.instance_type)
         neuron_devices_for(spec)
 
     # -- container definition ------------------------------------------------------------------
-    def mounts(self, spec: TrainingJobSpec, tree: HostTree) -> dict[str, dict[str, str]]:
-        paths = tree.paths
-        volumes = {
-            str(paths.input_dir): {"bind": f"{CONTAINER_ML}/input", "mode": "rw"},
-            str(paths.model_dir): {"bind": f"{CONTAINER_ML}/model", "mode": "rw"},
-            str(paths.output_dir): {"bind": f"{CONTAINER_ML}/output", "mode": "rw"},
-            str(paths.checkpoints_dir): {"bind": f"{CONTAINER_ML}/checkpoints", "mode": "rw"},
-        }
-        for channel in spec.channels:
-            if channel.input_mode == "FastFile":
-                volumes[str(paths.channel_dir(channel.name))] = {
-                    "bind": f"{CONTAINER_ML}/input/data/{channel.name}", "mode": "ro"}
-        if self.code_dir is not None:
-            volumes[str(paths.code_dir)] = {"bind": f"{CONTAINER_ML}/code", "mode": "rw"}
-        return volumes
+    def process_args(self, spec: SpecT, tree: HostTree) -> dict[str, Any]:
+        """What runs in ``tree.host``'s container: ``command``/``entrypoint``, ``environment``, ``volumes``
+        (and any other ``containers.create`` argument of the job's kind)."""
+        raise NotImplementedError
 
-    def container_args(self, spec: TrainingJobSpec, tree: HostTree, network: str, suffix: str,
+    def container_args(self, spec: SpecT, tree: HostTree, network: str, suffix: str,
                        addresses: Mapping[str, str] | None = None) -> dict[str, Any]:
         """``containers.create`` arguments; ``addresses`` (every host's fixed address on ``network``) pins
         this host's address and lists every host in its ``/etc/hosts``."""
         instance = spec.instance
-        environment = {"TRAINING_JOB_NAME": spec.job_name, "TRAINING_JOB_ARN": spec.job_arn,
-                       **spec.environment}
-        if spec.network_isolation:
-            # The runtime then fails a requirements.txt install at once with its clear error instead of
-            # timing out against an unreachable index (set it in --env to choose otherwise).
-            environment.setdefault("SMBYOC_ALLOW_REQUIREMENTS_INSTALL", "false")
         args: dict[str, Any] = {
             "image": self.image,
-            "command": ["train"],
             "name": f"{spec.job_name[:40]}-{tree.host}-{suffix}",
             "hostname": tree.host,
-            "environment": environment,
-            "volumes": self.mounts(spec, tree),
+            **self.process_args(spec, tree),
             "labels": containers.labels(spec.job_name, tree.host),
             "shm_size": shm_size_for(instance.memory_bytes),
             "detach": True,
@@ -234,7 +243,7 @@ class DockerTrainingBackend:
         return args
 
     # -- running -------------------------------------------------------------------------------
-    def run(self, spec: TrainingJobSpec, trees: Sequence[HostTree]) -> list[HostOutcome]:
+    def run(self, spec: SpecT, trees: Sequence[HostTree]) -> list[HostOutcome]:
         self._stopping.clear()
         self.started.clear()
         self._interrupted.clear()
@@ -251,7 +260,7 @@ class DockerTrainingBackend:
         network = None
         addresses: dict[str, str] = {}
         try:
-            with translate_docker_errors(f"run training job {spec.job_name}"):
+            with translate_docker_errors(f"run job {spec.job_name}"):
                 if spec.network_isolation and len(trees) == 1:
                     network_name = "none"  # no interface but loopback
                 else:
@@ -351,3 +360,33 @@ class DockerTrainingBackend:
                 container.kill()
             except Exception as e:
                 log.debug("kill %s: %s", getattr(container, "name", "?"), e)
+
+
+@dataclass
+class DockerTrainingBackend(DockerJobBackend[TrainingJobSpec]):
+    """``docker run IMAGE train`` per host (see the module docstring)."""
+
+    def mounts(self, spec: TrainingJobSpec, tree: HostTree) -> dict[str, dict[str, str]]:
+        paths = tree.paths
+        volumes = {
+            str(paths.input_dir): {"bind": f"{CONTAINER_ML}/input", "mode": "rw"},
+            str(paths.model_dir): {"bind": f"{CONTAINER_ML}/model", "mode": "rw"},
+            str(paths.output_dir): {"bind": f"{CONTAINER_ML}/output", "mode": "rw"},
+            str(paths.checkpoints_dir): {"bind": f"{CONTAINER_ML}/checkpoints", "mode": "rw"},
+        }
+        for channel in spec.channels:
+            if channel.input_mode == "FastFile":
+                volumes[str(paths.channel_dir(channel.name))] = {
+                    "bind": f"{CONTAINER_ML}/input/data/{channel.name}", "mode": "ro"}
+        if self.code_dir is not None:
+            volumes[str(paths.code_dir)] = {"bind": f"{CONTAINER_ML}/code", "mode": "rw"}
+        return volumes
+
+    def process_args(self, spec: TrainingJobSpec, tree: HostTree) -> dict[str, Any]:
+        environment = {"TRAINING_JOB_NAME": spec.job_name, "TRAINING_JOB_ARN": spec.job_arn,
+                       **spec.environment}
+        if spec.network_isolation:
+            # The runtime then fails a requirements.txt install at once with its clear error instead of
+            # timing out against an unreachable index (set it in --env to choose otherwise).
+            environment.setdefault("SMBYOC_ALLOW_REQUIREMENTS_INSTALL", "false")
+        return {"command": ["train"], "environment": environment, "volumes": self.mounts(spec, tree)}

@@ -365,7 +365,7 @@ class DockerEndpoint(Endpoint):
     def _start(self) -> None:
         from smbyoc.docker.client import translate_docker_errors
 
-        containers.require_image(self.client, self.image)
+        containers.require_image(self.client, self.image, instance_type=self.spec.instance_type)
         # The model directory must be readable by whatever user the image runs as.
         for path in [self.root, *self.root.rglob("*")]:
             if not path.is_symlink():

@@ -216,6 +216,7 @@ class HostedEndpoint:
 
         started = time.monotonic()
         try:
+            self._check_images()
             # a serverless variant starts its instances itself (on demand, or ProvisionedConcurrency at open)
             plan = [(variant, index) for variant in (*self.definition.production_variants,
                                                      *self.definition.shadow_variants)
@@ -249,6 +250,18 @@ class HostedEndpoint:
             raise
         self.startup_seconds = time.monotonic() - started
         return self.startup_seconds
+
+    def _check_images(self) -> None:
+        """Docker mode: every container image of every variant is here and fits the platform of its variant's
+        instance type (:mod:`smbyoc.emulator.image_platform`), checked before any instance starts."""
+        if self.options.mode != "docker":
+            return
+        from smbyoc.emulator import containers
+
+        for variant in (*self.definition.production_variants, *self.definition.shadow_variants):
+            instance_type = None if variant.is_serverless else variant.instance_type
+            for container in self.definition.model_of(variant).containers:
+                containers.require_image(self.client, container.image, instance_type=instance_type)
 
     def _router(self, built: dict[str, list[Instance]]) -> EndpointRouter:
         def variant(definition: VariantDefinition) -> Variant:

@@ -30,7 +30,8 @@ from smbyoc.errors import ConfigError
 TRAINING = "training"
 ENDPOINT = "endpoint"
 TRANSFORM = "transform"
-_FOLDERS = {TRAINING: "jobs", ENDPOINT: "endpoints", TRANSFORM: "transforms"}
+PROCESSING = "processing"
+_FOLDERS = {TRAINING: "jobs", ENDPOINT: "endpoints", TRANSFORM: "transforms", PROCESSING: "processing-jobs"}
 
 
 def state_dir() -> Path:

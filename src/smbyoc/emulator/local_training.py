@@ -258,7 +258,7 @@ def make_backend(job: LocalTrainingJob, code_dir: Path | None, sink: HostLineSin
     if image is None:
         from smbyoc.images.defaults import ensure_default_image
 
-        image = ensure_default_image(client, "train")
+        image = ensure_default_image(client, "train", job.instance_type)
     local_code = code_dir if code_dir is not None and not str(code_dir).startswith("s3://") else None
     return DockerTrainingBackend(client=client, image=image, code_dir=local_code, stop_timeout=job.stop_timeout,
                                  user=job.user, sink=sink)

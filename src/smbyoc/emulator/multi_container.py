@@ -76,9 +76,10 @@ log = logging.getLogger(__name__)
 ACCEPT_BIND_TO_PORT_LABEL = "com.amazonaws.sagemaker.capabilities.accept-bind-to-port"
 
 
-def require_bind_to_port_label(client: Any, image: str, key: str) -> None:
-    """SageMaker runs only images that declare they honour ``SAGEMAKER_BIND_TO_PORT`` in a multi-container model."""
-    found = containers.require_image(client, image)
+def require_bind_to_port_label(client: Any, image: str, key: str, instance_type: str | None = None) -> None:
+    """SageMaker runs only images that declare they honour ``SAGEMAKER_BIND_TO_PORT`` in a multi-container model
+    (and, like every image, only on an instance type of its platform)."""
+    found = containers.require_image(client, image, instance_type=instance_type)
     labels = getattr(found, "labels", None) or {}
     if str(labels.get(ACCEPT_BIND_TO_PORT_LABEL, "")).lower() != "true":
         raise ConfigError(f"image {image} does not carry the label {ACCEPT_BIND_TO_PORT_LABEL}=true that every "
@@ -159,7 +160,7 @@ class MultiContainerEndpoint:
                 raise ConfigError("docker mode needs a Docker client", key="client")
             for i, container in enumerate(spec.containers):
                 assert container.image is not None
-                require_bind_to_port_label(client, container.image, spec.culprit(i))
+                require_bind_to_port_label(client, container.image, spec.culprit(i), spec.instance_type)
         else:
             if user is not None:
                 raise ConfigError("only for --mode docker", key="--user")

@@ -192,8 +192,15 @@ class MultiModelRouter:
         try:
             await asyncio.wait_for(asyncio.shield(task), self.invocation_timeout)
         except asyncio.TimeoutError as e:
-            if task.done():  # the load itself timed out (load_timeout <= invocation_timeout)
-                raise self._load_timeout(model) from e
+            if task.done():  # it ended as the invocation timeout fired: what it ended with is the answer
+                if task.cancelled():
+                    raise self._load_timeout(model) from e
+                failure = task.exception()
+                if failure is None:
+                    return  # loaded just in time
+                if isinstance(failure, asyncio.TimeoutError):  # the load itself timed out (load_timeout)
+                    raise self._load_timeout(model) from e
+                raise failure from None
             self.counters.not_ready += 1
             raise FrontError(429, "ModelNotReadyException",
                              f"Model {model.target!r} is still loading; it was not ready within the invocation "
@@ -304,11 +311,12 @@ class MultiModelSpec:
     max_loaded: int = 0
 
 
-def require_multi_model_label(client: Any, image: str) -> None:
-    """SageMaker refuses ``Mode: MultiModel`` for an image without the multi-models label; so do we."""
+def require_multi_model_label(client: Any, image: str, instance_type: str | None = None) -> None:
+    """SageMaker refuses ``Mode: MultiModel`` for an image without the multi-models label; so do we (and, like
+    every image, one for another platform than ``instance_type``'s)."""
     from smbyoc.emulator import containers
 
-    found = containers.require_image(client, image)
+    found = containers.require_image(client, image, instance_type=instance_type)
     labels = (getattr(found, "labels", None) or {})
     if str(labels.get(MULTI_MODELS_LABEL, "")).lower() != "true":
         raise ConfigError(f"the image does not carry the label {MULTI_MODELS_LABEL}=true that multi-model "
@@ -328,7 +336,7 @@ class MultiModelEndpoint:
                         environment={**spec.endpoint.environment, "SAGEMAKER_MULTI_MODEL": "true"})
         self.container: Endpoint
         if image is not None:
-            require_multi_model_label(client, image)
+            require_multi_model_label(client, image, spec.endpoint.instance_type)
             self.container = _MultiModelDocker(inner, client, image, sink, user=user)
             container_models = CONTAINER_MODELS_DIR
         else:

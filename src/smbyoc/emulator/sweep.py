@@ -4,7 +4,8 @@ A job or endpoint is orphaned when the process that owns it is gone (see :mod:`s
 Sweeping it ends its processes (every process carrying its token and the ``train``/``serve`` process
 group: SIGTERM, then SIGKILL after :data:`~smbyoc.emulator.owners.SWEEP_GRACE` seconds), removes its
 containers and networks (by their owner labels), its temporary tree and the half-written
-``.partial`` archives in its output directory, then its record. Docker resources whose owner is gone are
+``.partial`` archives in its output directory (a processing job's: the ``.partial`` copies anywhere below its
+output destinations), then its record. Docker resources whose owner is gone are
 removed also without a record (labels are enough).
 """
 
@@ -73,6 +74,11 @@ def sweep_record(record: jobs.Record, client: Any = None) -> list[str]:
         for partial in sorted(Path(output_dir).glob(PARTIAL_PATTERN)):
             partial.unlink(missing_ok=True)
             removed.append(f"partial file {partial}")
+    for folder in record.data.get("output_dirs") or []:  # a processing job's destinations: at any depth
+        if Path(folder).is_dir():
+            for partial in sorted(Path(folder).rglob(PARTIAL_PATTERN)):
+                partial.unlink(missing_ok=True)
+                removed.append(f"partial file {partial}")
     record.path.unlink(missing_ok=True)
     return removed
 

@@ -63,8 +63,23 @@ def read_failure_reason(tree: HostTree) -> str | None:
     return failure.read_failure_reason(tree.paths, FAILURE_REASON_LIMIT) or None
 
 
+class Stoppable(Protocol):
+    """A running job that can be asked to stop (SIGTERM/SIGINT, then SIGKILL after a grace) or killed."""
+
+    started: threading.Event
+
+    def stop(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+def stop_signal_of(backend: Stoppable) -> str:
+    """The signal ``backend.stop()`` sends first: SIGTERM, unless the backend names another (processing: SIGINT)."""
+    return str(getattr(backend, "stop_signal", "SIGTERM"))
+
+
 @contextlib.contextmanager
-def stop_on_signals(backend: TrainingBackend, stopped: threading.Event) -> Iterator[None]:
+def stop_on_signals(backend: Stoppable, stopped: threading.Event) -> Iterator[None]:
     """Ctrl-C / SIGTERM stop the job like StopTrainingJob; a second Ctrl-C kills it."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -76,8 +91,8 @@ def stop_on_signals(backend: TrainingBackend, stopped: threading.Event) -> Itera
             backend.kill()
             return
         stopped.set()
-        log.warning("%s received: stopping the job (SIGTERM, then SIGKILL after the grace period)",
-                    signal.Signals(signum).name)
+        log.warning("%s received: stopping the job (%s, then SIGKILL after the grace period)",
+                    signal.Signals(signum).name, stop_signal_of(backend))
         backend.stop()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -88,20 +103,23 @@ def stop_on_signals(backend: TrainingBackend, stopped: threading.Event) -> Itera
             signal.signal(s, h)
 
 
-class _Lifecycle:
-    """Watches one attempt: MaxRuntimeInSeconds and the emulated spot reclaim, timed from container start."""
+class Lifecycle:
+    """Watches one attempt: MaxRuntimeInSeconds and the emulated spot reclaim (``spot_after`` seconds after
+    start; None: none), timed from container start. Serves training and processing jobs."""
 
-    def __init__(self, spec: TrainingJobSpec, backend: TrainingBackend, used: float, spot_pending: bool) -> None:
-        self.spec = spec
+    def __init__(self, job_name: str, max_runtime_seconds: float | None, backend: Stoppable, used: float = 0.0,
+                 spot_after: float | None = None) -> None:
+        self.job_name = job_name
+        self.max_runtime_seconds = max_runtime_seconds
         self.backend = backend
         self.used = used  # container seconds of earlier attempts (spot restarts)
-        self.spot_pending = spot_pending
+        self.spot_after = spot_after
         self.reason: str | None = None  # MAX_RUNTIME_EXCEEDED or INTERRUPTED once fired
         self.started_at: float | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="job-lifecycle", daemon=True)
 
-    def __enter__(self) -> _Lifecycle:
+    def __enter__(self) -> Lifecycle:
         self._thread.start()
         return self
 
@@ -119,10 +137,10 @@ class _Lifecycle:
                 return
         self.started_at = time.monotonic()
         deadlines: list[tuple[float, str]] = []
-        if self.spec.max_runtime_seconds is not None:
-            deadlines.append((self.spec.max_runtime_seconds - self.used, result.MAX_RUNTIME_EXCEEDED))
-        if self.spot_pending and self.spec.spot_interruption_after is not None:
-            deadlines.append((self.spec.spot_interruption_after, result.INTERRUPTED))
+        if self.max_runtime_seconds is not None:
+            deadlines.append((self.max_runtime_seconds - self.used, result.MAX_RUNTIME_EXCEEDED))
+        if self.spot_after is not None:
+            deadlines.append((self.spot_after, result.INTERRUPTED))
         if not deadlines:
             return
         after, reason = min(deadlines)
@@ -130,12 +148,13 @@ class _Lifecycle:
             return
         self.reason = reason
         if reason == result.MAX_RUNTIME_EXCEEDED:
-            log.warning("%s: MaxRuntimeInSeconds (%g s) reached: stopping the job (SIGTERM, then SIGKILL "
-                        "after the grace period)", self.spec.job_name, self.spec.max_runtime_seconds)
+            log.warning("%s: MaxRuntimeInSeconds (%g s) reached: stopping the job (%s, then SIGKILL "
+                        "after the grace period)", self.job_name, self.max_runtime_seconds,
+                        stop_signal_of(self.backend))
         else:
             log.warning("%s: emulated spot interruption after %g s: stopping the instances (SIGTERM, then "
                         "SIGKILL after the grace period); the job restarts from its checkpoints",
-                        self.spec.job_name, self.spec.spot_interruption_after)
+                        self.job_name, self.spot_after)
         self.backend.stop()
 
 
@@ -172,8 +191,9 @@ class _History:
         if self.items and self.items[-1].end_time is None:
             self.items[-1] = dataclasses.replace(self.items[-1], end_time=now)
         self.items.append(result.StatusTransition(secondary, now, None, message))
-        log.info("%s: %s - %s%s", self.job_name, primary, secondary,
-                 f" ({terminal_safe(message)})" if message else "")  # a failure file's text, for a terminal
+        # Logged at INFO for library callers; DEBUG when a status callback shows it already (the CLI's status line).
+        log.log(logging.DEBUG if self.on_status is not None else logging.INFO, "%s: %s - %s%s", self.job_name,
+                primary, secondary, f" ({terminal_safe(message)})" if message else "")  # a failure file's text
         if self.on_status is not None:
             self.on_status(primary, secondary)
 
@@ -239,7 +259,8 @@ def run_training_job(
             if sync is not None:
                 sync.start()
             try:
-                with _Lifecycle(spec, backend, container_seconds, interruptions == 0) as lifecycle:
+                with Lifecycle(spec.job_name, spec.max_runtime_seconds, backend, container_seconds,
+                               spec.spot_interruption_after if interruptions == 0 else None) as lifecycle:
                     outcomes = backend.run(spec, trees)
             finally:
                 stop_feeders(feeders)

@@ -58,6 +58,15 @@ class BuildResult:
 
 #: Image label holding :func:`smbyoc.images.wheelhouse.source_fingerprint` of the smbyoc inside.
 SOURCE_LABEL = "org.smbyoc.source"
+#: The variant the image is (``cpu`` for an ``ei`` build: see :data:`REQUESTED_VARIANT_LABEL`).
+VARIANT_LABEL = "org.smbyoc.variant"
+KIND_LABEL = "org.smbyoc.kind"
+VERSION_LABEL = "org.smbyoc.version"
+#: ``os/arch`` the image was built for (the engine's ``Os``/``Architecture`` say what it is).
+PLATFORM_LABEL = "org.smbyoc.platform"
+#: Set only when a migration-path variant (``ei``) was asked for: what was asked, and why it is another image.
+REQUESTED_VARIANT_LABEL = "org.smbyoc.requested-variant"
+MIGRATION_LABEL = "org.smbyoc.migration"
 #: SageMaker accepts an image for a multi-model endpoint only with this label set to ``true`` (contract.md §5).
 MULTI_MODELS_LABEL = "com.amazonaws.sagemaker.capabilities.multi-models"
 
@@ -67,10 +76,12 @@ def default_tag(kind: str, variant: str = "cpu") -> str:
     return f"smbyoc/{kind}:{variant}"
 
 
-def _say(progress: Progress | None, line: str) -> None:
-    logger.info("%s", line)
+def _say(progress: Progress | None, line: str, level: int = logging.INFO) -> None:
+    """``line`` to the progress callback when there is one (the CLI prints it), else to the log: never both."""
     if progress:
         progress(line)
+    else:
+        logger.log(level, "%s", line)
 
 
 def _local_image(client: Any, name: str) -> Any | None:
@@ -131,7 +142,8 @@ def resolve_base_image(variant: Variant, kind: str, client: Any, explicit: str |
         return default
     hint = (f"run scripts/build-base-image{' --arch arm64' if variant.arch == 'aarch64' else ''} "
             f"(makes {variant.local_base_image}) or pass --base-image" if variant.local_base_image
-            else "pass --base-image with a local image that has it")
+            else f"docker load (or pull) {default}, or pass --base-image with a local {variant.platform} image "
+                 "like it (python3 with venv; nginx for serve)")
     raise BuildError(f"{variant.name}: base image {default} is not present locally and cannot be pulled "
                      f"({reason}); {hint}")
 
@@ -160,10 +172,15 @@ def check_platform(variant: Variant, client: Any) -> None:
 
 
 def _check_repositories(variant: Variant) -> None:
-    for url in variant.pip_extra_index_urls:
-        repositories.check_reachable(url, f"{variant.name}: the package repository")
-    if variant.apt_repository is not None:
-        repositories.check_reachable(variant.apt_repository.url, f"{variant.name}: the apt repository")
+    hint = ("; the build fetches the variant's packages from it on this machine (into the build context): make it "
+            "reachable here, e.g. through a proxy in HTTPS_PROXY")
+    try:
+        for url in variant.pip_extra_index_urls:
+            repositories.check_reachable(url, f"{variant.name}: the package repository")
+        if variant.apt_repository is not None:
+            repositories.check_reachable(variant.apt_repository.url, f"{variant.name}: the apt repository")
+    except BuildError as e:
+        raise BuildError(f"{e}{hint}") from e
 
 
 def preflight(variant: Variant, kind: str, client: Any, base_image: str | None = None,
@@ -171,17 +188,44 @@ def preflight(variant: Variant, kind: str, client: Any, base_image: str | None =
     """Every early check; returns the base image to use."""
     variant.check_kind(kind)
     _check_repositories(variant)
+    problems: list[str] = []
+    base = ""
     with translate_docker_errors(f"checking the base image of {variant.name}/{kind}"):
-        base = resolve_base_image(variant, kind, client, base_image, progress)
-        check_platform(variant, client)
+        try:
+            base = resolve_base_image(variant, kind, client, base_image, progress)
+        except BuildError as e:
+            problems.append(str(e))
+        try:
+            check_platform(variant, client)
+        except BuildError as e:  # said together with a missing base image: one line names all that is missing
+            problems.append(str(e).removeprefix(f"{variant.name}: ") if problems else str(e))
+    if problems:
+        raise BuildError("; and ".join(problems))
     return base
 
 
 def image_labels(variant: Variant, kind: str, base: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The labels smbyoc puts on an image it builds, plus ``extra`` (e.g. :data:`MULTI_MODELS_LABEL`)."""
-    return {"org.smbyoc.variant": variant.name, "org.smbyoc.kind": kind,
-            "org.smbyoc.version": smbyoc.__version__, "org.smbyoc.base-image": base,
-            SOURCE_LABEL: source_fingerprint(), **(extra or {})}
+    labels = {VARIANT_LABEL: variant.image_variant, KIND_LABEL: kind, VERSION_LABEL: smbyoc.__version__,
+              PLATFORM_LABEL: variant.platform, "org.smbyoc.base-image": base, SOURCE_LABEL: source_fingerprint()}
+    if variant.builds_as:
+        labels[REQUESTED_VARIANT_LABEL] = variant.name
+        labels[MIGRATION_LABEL] = migration_line(variant)
+    return {**labels, **(extra or {})}
+
+
+def migration_line(variant: Variant) -> str:
+    """The one line saying what a migration-path variant builds instead, and why (``ei`` → ``cpu``)."""
+    return f"{variant.name} -> {variant.builds_as}: {variant.migration}" if variant.builds_as else ""
+
+
+def announce(variant: Variant, progress: Progress | None) -> None:
+    """Warn that a variant is discontinued, and say in one line what is built instead."""
+    if variant.discontinued:
+        _say(progress, f"WARNING: {variant.discontinued}" if progress else f"{variant.name}: {variant.discontinued}",
+             logging.WARNING)
+    if variant.builds_as:
+        _say(progress, migration_line(variant), logging.WARNING)
 
 
 def build_args(variant: Variant, kind: str, base: str) -> dict[str, str]:
@@ -205,10 +249,7 @@ def build_image(kind: str, variant: str | Variant = "cpu", tag: str | None = Non
     tag = tag or default_tag(kind, var.name)
     spec = build_context.ContextSpec(var, kind, code_dir=code_dir, requirements=requirements)
     spec.validate()
-    if var.discontinued:
-        logger.warning("%s: %s", var.name, var.discontinued)
-        if progress:
-            progress(f"WARNING: {var.discontinued}")
+    announce(var, progress)
     client = client or get_client()
     base = preflight(var, kind, client, base_image, progress)
     _say(progress, f"building {tag} ({var.name}/{kind}, {var.platform}) on {base}")
@@ -298,10 +339,7 @@ def emit_context(kind: str, dest: Path, variant: str | Variant = "cpu", tag: str
     spec = build_context.ContextSpec(var, kind, code_dir=code_dir, requirements=requirements)
     spec.validate()
     build_context.check_emit_destination(dest, force=force, code_dir=code_dir)
-    if var.discontinued:
-        logger.warning("%s: %s", var.name, var.discontinued)
-        if progress:
-            progress(f"WARNING: {var.discontinued}")
+    announce(var, progress)
     _check_repositories(var)
     base = _emit_base(var, kind, client, base_image, progress)
     _say(progress, f"emitting the {var.name}/{kind} build context ({var.platform}, on {base}) to {dest}")

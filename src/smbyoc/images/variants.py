@@ -55,11 +55,19 @@ class Variant:
     pip_extra_index_urls: tuple[str, ...] = ()
     apt_repository: AptRepository | None = None
     discontinued: str | None = None
+    #: A migration path (``ei``): the variant whose image this one builds, and why, printed in one line.
+    builds_as: str | None = None
+    migration: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for k in KINDS if k in self.dockerfiles)
+
+    @property
+    def image_variant(self) -> str:
+        """The variant the image really is (``cpu`` for ``ei``): its ``org.smbyoc.variant`` label."""
+        return self.builds_as or self.name
 
     @property
     def arch(self) -> str:
@@ -134,6 +142,12 @@ def load_variant(name: str, root: Path | None = None) -> Variant:
             raise ConfigError(f"needs url, suite, component, packages ({e})", source=source,
                               key="apt_repository") from e
     dockerfiles = _str_map(data, "dockerfile", source)
+    builds_as = data.get("builds_as")
+    if builds_as is not None and (builds_as not in VARIANT_NAMES or builds_as == name):
+        raise ConfigError(f"{builds_as!r} is not another variant ({', '.join(VARIANT_NAMES)})", source=source,
+                          key="builds_as")
+    if builds_as is not None and not isinstance(data.get("migration"), str):
+        raise ConfigError("a variant with builds_as needs the reason as a string", source=source, key="migration")
     variant = Variant(
         name=name, summary=data["summary"], platform=data["platform"],
         python_version=data["python_version"], glibc=data["glibc"], dockerfiles=dockerfiles,
@@ -141,7 +155,8 @@ def load_variant(name: str, root: Path | None = None) -> Variant:
         requirements=_str_map(data, "requirements", source), directory=directory,
         local_base_image=data.get("local_base_image"),
         pip_extra_index_urls=tuple(data.get("pip_extra_index_urls", ())),
-        apt_repository=apt_repo, discontinued=data.get("discontinued"), raw=data)
+        apt_repository=apt_repo, discontinued=data.get("discontinued"), builds_as=builds_as,
+        migration=data.get("migration"), raw=data)
     for kind in dockerfiles:
         if set(variant.base_images) != set(dockerfiles) or set(variant.requirements) != set(dockerfiles):
             raise ConfigError("dockerfile, base_image and requirements must name the same kinds",

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -99,10 +100,18 @@ def resolve_wheelhouse(variant: Variant, requirement_files: Sequence[Path], requ
         if not path.is_file():
             raise BuildError(f"requirements file {path} does not exist")
     key = wheelhouse_key(variant, requirement_files, requirements)
-    cached = (cache or cache_dir()) / "wheelhouses" / f"{variant.name}-{key}"
+    cached = (cache or cache_dir()) / "wheelhouses" / f"{variant.image_variant}-{key}"  # ei shares cpu's
     if (cached / _COMPLETE).is_file():
-        logger.info("wheelhouse %s: cached (%s)", key, cached)
-    else:
+        broken = unreadable_wheels(cached)
+        if broken:
+            logger.warning("wheelhouse %s: %s is not a readable wheel (truncated or damaged); resolving again",
+                           cached, broken[0].name)
+            if progress:
+                progress(f"the cached wheelhouse holds a damaged wheel ({broken[0].name}); resolving it again")
+            (cached / _COMPLETE).unlink()
+        else:
+            logger.info("wheelhouse %s: cached (%s)", key, cached)
+    if not (cached / _COMPLETE).is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
         try:
@@ -121,6 +130,19 @@ def resolve_wheelhouse(variant: Variant, requirement_files: Sequence[Path], requ
     for wheel in wheels:
         _link_or_copy(wheel, dest / wheel.name)
     return [dest / w.name for w in wheels]
+
+
+def unreadable_wheels(directory: Path) -> list[Path]:
+    """The ``.whl`` files in ``directory`` that are not readable zip archives (a truncated download, a damaged
+    cache): found in milliseconds by reading each central directory, before a build that would fail on them."""
+    broken = []
+    for wheel in sorted(directory.glob("*.whl")):
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                archive.infolist()
+        except (zipfile.BadZipFile, OSError):
+            broken.append(wheel)
+    return broken
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

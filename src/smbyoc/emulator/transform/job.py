@@ -90,7 +90,10 @@ def make_backend(spec: TransformJobSpec,
     if image is None:
         from smbyoc.images.defaults import ensure_default_image
 
-        image = ensure_default_image(client, "serve")
+        image = ensure_default_image(client, "serve", spec.instance_type)
+    from smbyoc.emulator import containers
+
+    containers.require_image(client, image, instance_type=spec.instance_type)  # here, and of the instance's platform
     chosen: str = image
     return (lambda host, endpoint_spec: DockerEndpoint(endpoint_spec, client, chosen, host_sink(host),
                                                        user=spec.user)), chosen
