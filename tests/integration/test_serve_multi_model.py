@@ -84,11 +84,16 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def worker_pids(server: Server) -> set[int]:
-    """The gunicorn workers of ``server`` (the children of the supervisor's gunicorn child)."""
+def worker_pids(server: Server, expected: int = 2, deadline: float = 30.0) -> set[int]:
+    """The gunicorn workers of ``server`` (the children of the supervisor's gunicorn child), once there are
+    ``expected`` of them: /ping answers as soon as one worker is up, and on a busy machine the other may still be
+    forking."""
     masters = [p for p in children(server.proc.pid) if b"gunicorn" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert len(masters) == 1
-    return set(children(masters[0]))
+    start = time.monotonic()
+    while len(workers := set(children(masters[0]))) < expected and time.monotonic() - start < deadline:
+        time.sleep(0.1)
+    return workers
 
 
 def _invoke_into(answers: list[tuple[int, Any]], server: Server, name: str) -> None:

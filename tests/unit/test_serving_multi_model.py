@@ -616,9 +616,9 @@ def test_without_a_limit_the_budget_is_memtotal_and_usage_the_process_group(tmp_
 
 
 def test_the_real_process_group_and_directory_size(tmp_path: Path) -> None:
-    # This interpreter is in its own group and is counted (not a size floor: the host's reclaimer may have
-    # paged most of an idle test process out, and PSS then reads a few hundred KiB).
-    assert Path(f"/proc/{os.getpid()}") in memory.group_members(os.getpgrp(), Path("/"))
+    # This process's group (its leader and the leader's children) is measured; not a size floor: the host's
+    # reclaimer may have paged most of an idle process out, and PSS then reads a few hundred KiB.
+    assert Path(f"/proc/{os.getpgrp()}") in memory.group_members(os.getpgrp(), Path("/"))
     assert memory.process_group_usage() > 0 and memory.process_group_usage(precise=False) > 0
     assert MemoryBudget.from_env(None).limit > 0
     (tmp_path / "m" / "sub").mkdir(parents=True)

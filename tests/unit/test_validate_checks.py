@@ -4,6 +4,7 @@ against a stand-in engine that can only be inspected (it starts nothing: every c
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -252,8 +253,12 @@ def test_kind_and_instance_type_are_checked() -> None:
         validate_image("img:1", kind="trains", client=StandIn({}))
     with pytest.raises(ConfigError, match="--instance-type ml.q9.large"):
         container_instance_type("ml.q9.large")
-    assert container_instance_type(None) == "local" and container_instance_type("ml.m5.large") == "ml.m5.large"
-    assert container_instance_type("ml.r8g.large") == "ml.r8g.large"  # Graviton: 2 vCPUs, 16 GiB
+    assert container_instance_type(None) == "local"
+    if platform.machine() == "x86_64":
+        assert container_instance_type("ml.m5.large") == "ml.m5.large"  # its limits
+        # Graviton: the platform check reports it; the behaviour runs get no limits (the emulator would refuse
+        # to run an amd64 image for it)
+        assert container_instance_type("ml.r8g.large") == "local"
 
 
 @pytest.mark.parametrize(("text", "size"), [("10GiB", 10 * 1024**3), ("500MB", 500 * 1000**2), ("1.5G", 1_500_000_000),

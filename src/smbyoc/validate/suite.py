@@ -204,7 +204,14 @@ def serving_inputs(client: Any, facts: ImageFacts, options: ValidateOptions, pay
 
 
 def container_instance_type(instance_type: str | None) -> str:
-    """The instance type whose CPU and memory limits the containers get (``local``: none)."""
+    """The instance type whose CPU and memory limits the containers get (``local``: none).
+
+    A type of the other architecture than this machine's (a Graviton type on x86_64) gives ``local``: the
+    ``platform`` check reports the mismatch, and the behaviour checks still run the image as this engine can
+    (the emulator would otherwise refuse every run, failing checks that have nothing to do with the platform)."""
+    import platform
+
+    from smbyoc.emulator.image_platform import ARCHITECTURES, instance_platform
     from smbyoc.emulator.instance_types import lookup
 
     if instance_type is None:
@@ -214,6 +221,9 @@ def container_instance_type(instance_type: str | None) -> str:
     except ConfigError:
         raise ConfigError("expected an ML instance type such as ml.m5.large (see `smbyoc local-train --help`)",
                           key=f"--instance-type {instance_type}") from None
+    machine = ARCHITECTURES.get(platform.machine().lower(), platform.machine().lower())
+    if instance_platform(instance_type) != f"linux/{machine}":
+        return "local"
     return instance_type
 
 
