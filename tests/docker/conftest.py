@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -45,11 +46,23 @@ def docker_test_prefix() -> str:
     return f"{TEST_PREFIX}/{uuid.uuid4().hex[:8]}"
 
 
+def _left_by_this_run(labels: dict[str, str]) -> bool:
+    """Owned by this test process, or by an owner that is gone (a CLI the tests ran, or killed): what this run
+    must have cleaned up. A live owner elsewhere (another smbyoc on the same engine, e.g. a developer's
+    `local-serve` or a second test run) is not this run's to judge."""
+    from smbyoc.emulator.owners import Owner
+
+    owner = Owner.from_labels(labels)
+    return owner is None or owner.pid == os.getpid() or not owner.alive()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind(docker_client: Any) -> Iterator[None]:
-    """After all Docker tests: no container or network created by smbyoc may remain."""
+    """After all Docker tests: no container or network created by smbyoc in this run may remain."""
     yield
     label = {"label": "com.smbyoc.owner=smbyoc"}
-    containers = [c.name for c in docker_client.containers.list(all=True, filters=label)]
-    networks = [n.name for n in docker_client.networks.list(filters=label)]
+    containers = [c.name for c in docker_client.containers.list(all=True, filters=label)
+                  if _left_by_this_run(c.labels)]
+    networks = [n.name for n in docker_client.networks.list(filters=label)
+                if _left_by_this_run(n.attrs.get("Labels") or {})]
     assert not containers and not networks, f"left behind: containers {containers}, networks {networks}"
