@@ -23,8 +23,8 @@ from typing import Any
 
 from smbyoc.api import store as stores
 from smbyoc.api.errors import ApiError, validation
+from smbyoc.api.jobs import Resources, arn, page
 from smbyoc.api.timestamps import now
-from smbyoc.api.training import ACCOUNT, page
 from smbyoc.errors import SmbyocError
 
 log = logging.getLogger(__name__)
@@ -46,21 +46,17 @@ class _Live:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class Hosting:
+class Hosting(Resources):
     """The models, endpoint configurations and endpoints of one server."""
 
     def __init__(self, store: stores.Store, *, mode: str, region: str, s3_endpoint_url: str | None,
                  logs_dir: Path) -> None:
-        self.store = store
-        self.mode = mode
-        self.region = region
-        self.s3_endpoint_url = s3_endpoint_url
-        self.logs_dir = logs_dir
+        super().__init__(store, mode=mode, region=region, s3_endpoint_url=s3_endpoint_url, logs_dir=logs_dir)
         self.live: dict[str, _Live] = {}
         self.lock = threading.RLock()
 
     def arn(self, kind: str, name: str) -> str:
-        return f"arn:aws:sagemaker:{self.region}:{ACCOUNT}:{kind}/{name.lower()}"
+        return arn(self.region, kind, name)
 
     # ------------------------------------------------------------------------------------------- models
     def create_model(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -295,14 +291,7 @@ class Hosting:
             live.staging.close()
 
     def _sink(self, name: str) -> Any:
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        path = self.logs_dir / f"endpoint-{name}.log"
-        lock = threading.Lock()
-
-        def sink(line: str) -> None:
-            with lock, path.open("a", encoding="utf-8") as out:
-                out.write(line + "\n")
-        return sink
+        return self._log_sink(f"endpoint-{name}")
 
     def _models_of(self, config: dict[str, Any]) -> list[dict[str, Any]]:
         names = []

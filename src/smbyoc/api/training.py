@@ -19,25 +19,23 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from smbyoc.api import store as stores
-from smbyoc.api.errors import ApiError, not_found, validation
+from smbyoc.api.errors import validation
+from smbyoc.api.jobs import (
+    JobKind,
+    Jobs,
+    _Run,
+    page,  # noqa: F401 - its home before smbyoc.api.jobs
+)
 from smbyoc.api.timestamps import from_iso, now
-from smbyoc.errors import SmbyocError
 
 log = logging.getLogger(__name__)
 
-ACCOUNT = "000000000000"
 #: ``StoppingCondition.MaxRuntimeInSeconds`` when a request gives none (SageMaker's default: one day).
 DEFAULT_MAX_RUNTIME_SECONDS = 24 * 3600
-ACTIVE = ("InProgress", "Stopping")
-DIED_REASON = ("InternalServerError: the smbyoc api server stopped while the job was running; the job's processes "
-               "and containers were ended with it")
 #: ``SecondaryStatusTransitions[].StatusMessage`` where the engine says nothing (every transition of SageMaker's has
 #: one; the SageMaker Python SDK reads it).
 STATUS_MESSAGES = {
@@ -66,42 +64,20 @@ def _hyperparameter(value: str) -> str:
     return decoded if isinstance(decoded, str) else value
 
 
-@dataclass
-class _Run:
-    thread: threading.Thread | None = None
-    backend: Any = None
-    stop_requested: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+TRAINING_JOB = JobKind(
+    collection=stores.TRAINING_JOBS, noun="TrainingJob", resource="training-job", words="training job",
+    end_time_key="TrainingEndTime",
+    summary_keys=("TrainingJobName", "TrainingJobArn", "CreationTime", "TrainingEndTime", "LastModifiedTime",
+                  "TrainingJobStatus", "SecondaryStatus"),
+    missing_message="Requested resource not found.", secondary_status_key="SecondaryStatus", time_filters=True)
 
 
-class TrainingJobs:
+class TrainingJobs(Jobs):
     """The training jobs of one server."""
 
-    def __init__(self, store: stores.Store, *, mode: str, region: str, s3_endpoint_url: str | None,
-                 logs_dir: Path, stop_timeout: float = 120.0) -> None:
-        self.store = store
-        self.mode = mode
-        self.region = region
-        self.s3_endpoint_url = s3_endpoint_url
-        self.logs_dir = logs_dir
-        self.stop_timeout = stop_timeout
-        self.runs: dict[str, _Run] = {}
-        self.lock = threading.Lock()
+    kind = TRAINING_JOB
 
-    def arn(self, name: str) -> str:
-        return f"arn:aws:sagemaker:{self.region}:{ACCOUNT}:training-job/{name.lower()}"
-
-    def recover(self) -> None:
-        """Jobs stored as running belong to a server that died: described Failed from now on."""
-        for item in self.store.all(stores.TRAINING_JOBS):
-            if item.get("TrainingJobStatus") in ACTIVE:
-                stamp = now()
-                self.store.update(stores.TRAINING_JOBS, item["TrainingJobName"], TrainingJobStatus="Failed",
-                                  SecondaryStatus="Failed", FailureReason=DIED_REASON, TrainingEndTime=stamp,
-                                  LastModifiedTime=stamp)
-
-    # ------------------------------------------------------------------------------------------- operations
-    def create(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _prepare(self, request: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         name = request["TrainingJobName"]
         self._check(request)
         created = now()
@@ -131,81 +107,9 @@ class TrainingJobs:
         for member in ("Environment", "CheckpointConfig", "Tags", "RetryStrategy", "VpcConfig"):
             if member in request:
                 description[member] = request[member]
-        run = _Run()
-        with self.lock:
-            if self.store.find(stores.TRAINING_JOBS, name, case_insensitive=True) is not None:
-                raise ApiError("ResourceInUse", "Training job names must be unique within an AWS account and "
-                                                f"region, and a training job with this name already exists "
-                                                f"({self.arn(name)})")
-            self.store.put(stores.TRAINING_JOBS, name, {**description, "_Request": request})
-            self.runs[name] = run
-        run.thread = threading.Thread(target=self._run, args=(name, request, run), name=f"training-{name}",
-                                      daemon=True)
-        run.thread.start()
-        return {"TrainingJobArn": self.arn(name)}
-
-    def describe(self, request: dict[str, Any]) -> dict[str, Any]:
-        item = self._item(request["TrainingJobName"], validation("Requested resource not found."))
-        return {k: v for k, v in item.items() if not k.startswith("_")}
-
-    def stop(self, request: dict[str, Any]) -> dict[str, Any]:
-        item = self._item(request["TrainingJobName"], not_found("Requested resource not found."))
-        name = item["TrainingJobName"]
-        status = item["TrainingJobStatus"]
-        if status == "Stopping":
-            return {}
-        run = self.runs.get(name)
-        if status != "InProgress" or run is None:
-            raise validation(f"The request was rejected because the training job is in status {status}.")
-        self.store.update(stores.TRAINING_JOBS, name, TrainingJobStatus="Stopping", SecondaryStatus="Stopping",
-                          LastModifiedTime=now())
-        with run.lock:
-            run.stop_requested.set()
-            backend = run.backend
-        if backend is not None:
-            backend.stop()
-        return {}
-
-    def list(self, request: dict[str, Any]) -> dict[str, Any]:
-        items = self.store.all(stores.TRAINING_JOBS)
-        if "StatusEquals" in request:
-            items = [i for i in items if i["TrainingJobStatus"] == request["StatusEquals"]]
-        if "NameContains" in request:
-            items = [i for i in items if request["NameContains"].lower() in i["TrainingJobName"].lower()]
-        for member, field_name, after in (("CreationTimeAfter", "CreationTime", True),
-                                          ("CreationTimeBefore", "CreationTime", False),
-                                          ("LastModifiedTimeAfter", "LastModifiedTime", True),
-                                          ("LastModifiedTimeBefore", "LastModifiedTime", False)):
-            if member in request:
-                limit = _epoch(request[member])
-                items = [i for i in items if (i[field_name] > limit if after else i[field_name] < limit)]
-        keys = ("TrainingJobName", "TrainingJobArn", "CreationTime", "TrainingEndTime", "LastModifiedTime",
-                "TrainingJobStatus", "SecondaryStatus")
-        summaries: list[dict[str, Any]] = [{key: item[key] for key in keys if key in item} for item in items]
-        return page(summaries, request, "TrainingJobSummaries",
-                    {"Name": "TrainingJobName", "CreationTime": "CreationTime", "Status": "TrainingJobStatus"})
-
-    def shutdown(self) -> None:
-        """Stop every running job (as StopTrainingJob does) and wait for them to end."""
-        for name, run in list(self.runs.items()):
-            if run.thread is not None and run.thread.is_alive():
-                log.info("stopping training job %s", name)
-                with run.lock:
-                    run.stop_requested.set()
-                    if run.backend is not None:
-                        run.backend.stop()
-        for run in list(self.runs.values()):
-            if run.thread is not None:
-                run.thread.join()
+        return description, None
 
     # ------------------------------------------------------------------------------------------- helpers
-    def _item(self, name: str, missing: ApiError) -> dict[str, Any]:
-        stored = self.store.find(stores.TRAINING_JOBS, name, case_insensitive=True)
-        item = self.store.get(stores.TRAINING_JOBS, stored) if stored is not None else None
-        if item is None:
-            raise missing
-        return item
-
     def _check(self, request: dict[str, Any]) -> None:
         """The bring-your-own-container rules the shape no longer enforces (contract-endpoints.md §9.1)."""
         algorithm = request.get("AlgorithmSpecification")
@@ -244,38 +148,23 @@ class TrainingJobs:
             self.store.update(stores.TRAINING_JOBS, name, **fields)
         return on_status
 
-    def _run(self, name: str, request: dict[str, Any], run: _Run) -> None:
-        from smbyoc.s3.staging import Staging
-
-        try:
-            with Staging(endpoint_url=self.s3_endpoint_url, progress=lambda line: log.info("%s: %s", name, line)) \
-                    as staging:
-                fields = self._train(name, request, run, staging)
-        except (SmbyocError, OSError) as e:
-            log.info("training job %s failed: %s", name, e)
-            fields = {"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed", "FailureReason": f"ClientError: {e}"}
-        except Exception as e:
-            log.exception("training job %s", name)
-            fields = {"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
-                      "FailureReason": f"InternalServerError: {type(e).__name__}: {e}"}
-        stamp = now()
+    def _finished(self, name: str, fields: dict[str, Any], stamp: float) -> dict[str, Any]:
+        """The secondary status transitions closed at ``stamp``, the final status added when it is a new one."""
         item = self.store.get(stores.TRAINING_JOBS, name)
-        if item is not None:
-            transitions = list(fields.pop("SecondaryStatusTransitions", None) or
-                               item.get("SecondaryStatusTransitions") or [])
-            if transitions and "EndTime" not in transitions[-1]:
-                transitions[-1] = {**transitions[-1], "EndTime": stamp}
-            if not transitions or transitions[-1]["Status"] != fields["SecondaryStatus"]:
-                transitions.append({"Status": fields["SecondaryStatus"], "StartTime": stamp, "EndTime": stamp,
-                                    "StatusMessage": fields.get("FailureReason") or
-                                    STATUS_MESSAGES.get(fields["SecondaryStatus"], fields["SecondaryStatus"])})
-            fields.setdefault("TrainingEndTime", stamp)
-            self.store.update(stores.TRAINING_JOBS, name, **fields, SecondaryStatusTransitions=transitions,
-                              LastModifiedTime=stamp)
-        with self.lock:
-            self.runs.pop(name, None)
+        if item is None:
+            return fields
+        transitions = list(fields.pop("SecondaryStatusTransitions", None) or
+                           item.get("SecondaryStatusTransitions") or [])
+        if transitions and "EndTime" not in transitions[-1]:
+            transitions[-1] = {**transitions[-1], "EndTime": stamp}
+        if not transitions or transitions[-1]["Status"] != fields["SecondaryStatus"]:
+            transitions.append({"Status": fields["SecondaryStatus"], "StartTime": stamp, "EndTime": stamp,
+                                "StatusMessage": fields.get("FailureReason") or
+                                STATUS_MESSAGES.get(fields["SecondaryStatus"], fields["SecondaryStatus"])})
+        return {**fields, "SecondaryStatusTransitions": transitions}
 
-    def _train(self, name: str, request: dict[str, Any], run: _Run, staging: Any) -> dict[str, Any]:
+    def _execute(self, name: str, request: dict[str, Any], context: Any, run: _Run,
+                 staging: Any) -> dict[str, Any]:
         from smbyoc.emulator.local_training import make_backend, training_spec
         from smbyoc.emulator.training_job import run_training_job
 
@@ -316,16 +205,6 @@ class TrainingJobs:
         if "ModelArtifacts" in described:
             fields["ModelArtifacts"] = described["ModelArtifacts"]
         return fields
-
-    def _sink(self, name: str) -> Callable[[str, str], None]:
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        path = self.logs_dir / f"training-job-{name}.log"
-        lock = threading.Lock()
-
-        def sink(host: str, line: str) -> None:
-            with lock, path.open("a", encoding="utf-8") as out:
-                out.write(f"{host}: {line}\n")
-        return sink
 
     def _local_job(self, name: str, request: dict[str, Any], staging: Any) -> Any:
         """The request as a LocalTrainingJob, its locations staged (the slow part: S3 downloads)."""
@@ -384,25 +263,3 @@ class TrainingJobs:
             network_isolation=bool(request.get("EnableNetworkIsolation", False)),
         )
 
-
-def _epoch(value: Any) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    return from_iso(str(value))
-
-
-def page(items: list[dict[str, Any]], request: dict[str, Any], key: str, sort_keys: dict[str, str]) -> dict[str, Any]:
-    """One page of a List operation: ``SortBy`` / ``SortOrder`` (default CreationTime, Descending),
-    ``MaxResults`` (default 10) and ``NextToken`` (the position of the next item, as text)."""
-    sort_key = sort_keys.get(request.get("SortBy", "CreationTime"), "CreationTime")
-    items = sorted(items, key=lambda i: (i.get(sort_key) is None, i.get(sort_key)),
-                   reverse=request.get("SortOrder", "Descending") == "Descending")
-    try:
-        start = int(request.get("NextToken") or 0)
-    except ValueError:
-        raise validation("Invalid pagination token") from None
-    size = request.get("MaxResults", 10)
-    answer: dict[str, Any] = {key: items[start:start + size]}
-    if start + size < len(items):
-        answer["NextToken"] = str(start + size)
-    return answer

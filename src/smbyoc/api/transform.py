@@ -13,116 +13,49 @@ that was running when the server died is ``Failed`` after a restart.
 from __future__ import annotations
 
 import logging
-import threading
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from smbyoc.api import store as stores
-from smbyoc.api.errors import ApiError, not_found, validation
+from smbyoc.api.errors import validation
+from smbyoc.api.jobs import JobKind, Jobs, _Run, arn
 from smbyoc.api.timestamps import from_iso, now
-from smbyoc.api.training import ACCOUNT, ACTIVE, DIED_REASON, _Run, page
 from smbyoc.errors import ConfigError, SmbyocError
 
 log = logging.getLogger(__name__)
 
+TRANSFORM_JOB = JobKind(
+    collection=stores.TRANSFORM_JOBS, noun="TransformJob", resource="transform-job", words="transform job",
+    end_time_key="TransformEndTime",
+    summary_keys=("TransformJobName", "TransformJobArn", "CreationTime", "TransformEndTime", "LastModifiedTime",
+                  "TransformJobStatus", "FailureReason"))
 
-class TransformJobs:
+
+class TransformJobs(Jobs):
     """The batch transform jobs of one server."""
 
-    def __init__(self, store: stores.Store, *, mode: str, region: str, s3_endpoint_url: str | None,
-                 logs_dir: Path) -> None:
-        self.store = store
-        self.mode = mode
-        self.region = region
-        self.s3_endpoint_url = s3_endpoint_url
-        self.logs_dir = logs_dir
-        self.runs: dict[str, _Run] = {}
-        self.lock = threading.Lock()
+    kind = TRANSFORM_JOB
 
-    def arn(self, name: str) -> str:
-        return f"arn:aws:sagemaker:{self.region}:{ACCOUNT}:transform-job/{name.lower()}"
-
-    def recover(self) -> None:
-        for item in self.store.all(stores.TRANSFORM_JOBS):
-            if item.get("TransformJobStatus") in ACTIVE:
-                stamp = now()
-                self.store.update(stores.TRANSFORM_JOBS, item["TransformJobName"], TransformJobStatus="Failed",
-                                  FailureReason=DIED_REASON, TransformEndTime=stamp, LastModifiedTime=stamp)
-
-    def create(self, request: dict[str, Any]) -> dict[str, Any]:
-        name = request["TransformJobName"]
+    def _prepare(self, request: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """Also the job's model's ``PrimaryContainer``, what :meth:`_execute` serves."""
         model = self.store.get(stores.MODELS, request["ModelName"])
         if model is None:
-            raise validation(f'Could not find model "arn:aws:sagemaker:{self.region}:{ACCOUNT}:model/'
-                             f'{request["ModelName"].lower()}".')
+            raise validation(f'Could not find model "{arn(self.region, "model", request["ModelName"])}".')
         container = model.get("PrimaryContainer")
         if container is None:
             raise validation(f"model {request['ModelName']}: only models with a PrimaryContainer are emulated for "
                              "batch transform")
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="smbyoc-api-") as stand_in:
             try:  # the service's rules, without the local files (they are staged when the job runs)
                 replace(self._spec(request, container, None, Path(stand_in), Path(stand_in)),
                         mode="docker", image=None).validate()
             except ConfigError as e:
                 raise validation(str(e)) from e
-        stamp = now()
-        description = {k: v for k, v in request.items() if k != "Tags"}
-        description.update({"TransformJobArn": self.arn(name), "TransformJobStatus": "InProgress",
-                            "CreationTime": stamp, "LastModifiedTime": stamp})
-        run = _Run()
-        with self.lock:
-            if self.store.find(stores.TRANSFORM_JOBS, name, case_insensitive=True) is not None:
-                raise ApiError("ResourceInUse", f"Transform job names must be unique within an AWS account and "
-                                                f"region, and a transform job with this name already exists "
-                                                f"({self.arn(name)})")
-            self.store.put(stores.TRANSFORM_JOBS, name, {**description, "_Request": request})
-            self.runs[name] = run
-        run.thread = threading.Thread(target=self._run, args=(name, request, container, run),
-                                      name=f"transform-{name}", daemon=True)
-        run.thread.start()
-        return {"TransformJobArn": self.arn(name)}
+        return self._new_description(request), container
 
-    def describe(self, request: dict[str, Any]) -> dict[str, Any]:
-        item = self._item(request["TransformJobName"], validation)
-        return {k: v for k, v in item.items() if not k.startswith("_")}
-
-    def stop(self, request: dict[str, Any]) -> dict[str, Any]:
-        item = self._item(request["TransformJobName"], not_found)
-        name, status = item["TransformJobName"], item["TransformJobStatus"]
-        if status == "Stopping":
-            return {}
-        run = self.runs.get(name)
-        if status != "InProgress" or run is None:
-            raise validation(f"The request was rejected because the transform job is in status {status}.")
-        self.store.update(stores.TRANSFORM_JOBS, name, TransformJobStatus="Stopping", LastModifiedTime=now())
-        self._stop(run)
-        return {}
-
-    def list(self, request: dict[str, Any]) -> dict[str, Any]:
-        items = self.store.all(stores.TRANSFORM_JOBS)
-        if "StatusEquals" in request:
-            items = [i for i in items if i["TransformJobStatus"] == request["StatusEquals"]]
-        if "NameContains" in request:
-            items = [i for i in items if request["NameContains"].lower() in i["TransformJobName"].lower()]
-        keys = ("TransformJobName", "TransformJobArn", "CreationTime", "TransformEndTime", "LastModifiedTime",
-                "TransformJobStatus", "FailureReason")
-        summaries: list[dict[str, Any]] = [{k: i[k] for k in keys if k in i} for i in items]
-        return page(summaries, request, "TransformJobSummaries",
-                    {"Name": "TransformJobName", "CreationTime": "CreationTime", "Status": "TransformJobStatus"})
-
-    def shutdown(self) -> None:
-        for run in list(self.runs.values()):
-            self._stop(run)
-        for run in list(self.runs.values()):
-            if run.thread is not None:
-                run.thread.join()
-
-    # ------------------------------------------------------------------------------------------- helpers
-    @staticmethod
-    def _stop(run: _Run) -> None:
+    def _stop(self, run: _Run) -> None:
         """Stop the job's instances: their invocations fail, the job ends (recorded Stopped)."""
         with run.lock:
             run.stop_requested.set()
@@ -133,13 +66,7 @@ class TransformJobs:
             except Exception as e:
                 log.warning("could not stop a transform instance: %s", e)
 
-    def _item(self, name: str, error: Any) -> dict[str, Any]:
-        stored = self.store.find(stores.TRANSFORM_JOBS, name, case_insensitive=True)
-        item = self.store.get(stores.TRANSFORM_JOBS, stored) if stored is not None else None
-        if item is None:
-            raise error(f"Could not find requested job with name {name}")
-        return item
-
+    # ------------------------------------------------------------------------------------------- helpers
     def _spec(self, request: dict[str, Any], container: dict[str, Any], model_data: Path | None, input_path: Path,
               output_dir: Path, image: str | None = None) -> Any:
         from smbyoc.emulator.transform.spec import (
@@ -171,27 +98,8 @@ class TransformJobs:
             region=self.region,
         )
 
-    def _run(self, name: str, request: dict[str, Any], container: dict[str, Any], run: _Run) -> None:
-        from smbyoc.s3.staging import Staging
-
-        try:
-            with Staging(endpoint_url=self.s3_endpoint_url, progress=lambda line: log.info("%s: %s", name, line)) \
-                    as staging:
-                fields = self._transform(name, request, container, run, staging)
-        except (SmbyocError, OSError) as e:
-            log.info("transform job %s failed: %s", name, e)
-            fields = {"TransformJobStatus": "Failed", "FailureReason": f"ClientError: {e}"}
-        except Exception as e:
-            log.exception("transform job %s", name)
-            fields = {"TransformJobStatus": "Failed", "FailureReason": f"InternalServerError: {type(e).__name__}: {e}"}
-        stamp = now()
-        fields.setdefault("TransformEndTime", stamp)
-        self.store.update(stores.TRANSFORM_JOBS, name, **fields, LastModifiedTime=stamp)
-        with self.lock:
-            self.runs.pop(name, None)
-
-    def _transform(self, name: str, request: dict[str, Any], container: dict[str, Any], run: _Run,
-                   staging: Any) -> dict[str, Any]:
+    def _execute(self, name: str, request: dict[str, Any], container: dict[str, Any], run: _Run,
+                 staging: Any) -> dict[str, Any]:
         from smbyoc.emulator.transform.job import make_backend, run_transform_job
 
         source = request["TransformInput"]["DataSource"]["S3DataSource"]
@@ -202,14 +110,7 @@ class TransformJobs:
                                    data_type=source.get("S3DataType", "S3Prefix"))
         spec = self._spec(request, container, model_data, input_path, output,
                           image=container.get("Image") if self.mode == "docker" else None).validate()
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.logs_dir / f"transform-job-{name}.log"
-        lock = threading.Lock()
-
-        def sink(host: str, line: str) -> None:
-            with lock, log_path.open("a", encoding="utf-8") as out:
-                out.write(f"{host}: {line}\n")
-
+        sink = self._sink(name)
         factory, image = make_backend(spec, sink)
         endpoints: list[Any] = []
 
