@@ -55,7 +55,7 @@ def test_train_deploy_invoke_in_containers(server: ApiServer, tmp_path: Path, de
     job = sm.describe_training_job(TrainingJobName="api-docker")
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
     log = (server.state_dir / "logs" / "training-job-api-docker.log").read_text()
-    assert "algo-1: " in log  # the container's lines, by host
+    assert "[algo-1] " in log  # the container's lines, by host
 
     deploy(sm, "api-docker", job["ModelArtifacts"]["S3ModelArtifacts"], image=default_images["serve"])
     sm.get_waiter("endpoint_in_service").wait(EndpointName="api-docker", WaiterConfig=FAST)

@@ -205,6 +205,8 @@ def test_ctrl_c_stops_the_cli_job_and_leaves_nothing(tmp_path: Path, image: str,
     assert not docker_client.networks.list(filters={"label": "com.smbyoc.job=proc-ctrl-c"})
     assert not list((tmp_path / "tmp").iterdir())
     assert not list((tmp_path / "state").rglob("*.json"))
+    log_text = (tmp_path / "state" / "logs" / "processing-job-proc-ctrl-c.log").read_text()  # for `smbyoc logs`
+    assert "[algo-1] " in log_text and "[algo-2] " in log_text
 
 
 def test_s3_inputs_and_outputs_through_the_cli(aws_env: str, tmp_path: Path, image: str,
@@ -256,3 +258,64 @@ def test_a_killed_emulator_leaves_nothing_after_stop_all(tmp_path: Path, image: 
     assert not job_containers(docker_client, "proc-orphan")
     assert not docker_client.networks.list(filters={"label": "com.smbyoc.job=proc-orphan"})
     assert not list((tmp_path / "tmp").iterdir()) and not list((tmp_path / "out").iterdir())
+
+
+# ------------------------------------------------------------------------------------------ Pipe input mode
+
+
+def test_pipe_mode_streams_plain_and_gzip_inputs_through_fifos(tmp_path: Path, image: str,
+                                                              docker_client: Any) -> None:
+    import gzip
+
+    folder = data(tmp_path)
+    packed = tmp_path / "gz"
+    packed.mkdir()
+    (packed / "a.csv.gz").write_bytes(gzip.compress(b"alpha\n"))
+    (packed / "b.csv.gz").write_bytes(gzip.compress(b"beta\n" * 1000))
+    result = run(tmp_path, image, name="proc-pipe",
+                 inputs=(("data", str(folder), None), ("gz", str(packed), "/opt/ml/processing/gz")),
+                 arguments=["pipe=data:/opt/ml/processing/input/data_0", "pipe=gz:/opt/ml/processing/gz_0"],
+                 settings=[("S3InputMode", None, "Pipe"), ("S3CompressionType", "gz", "Gzip")])
+    assert result.status == "Completed", result.failure_reason
+    report = reports(tmp_path)["algo-1"]
+    # every object, in key order, through <LocalPath>_0; the Gzip input decompressed; nothing on the volume
+    assert report["pipes"]["data"] == {"is_fifo": True, "data": "0\n1\n2\n3\n4\nz\n"}
+    assert report["pipes"]["gz"] == {"is_fifo": True, "data": "alpha\n" + "beta\n" * 1000}
+    assert report["inputs"] == {"data": [], "gz": []}
+    s3 = [item["S3Input"] for item in report["config"]["ProcessingInputs"]]
+    assert [(i["S3InputMode"], i["S3CompressionType"]) for i in s3] == [("Pipe", "None"), ("Pipe", "Gzip")]
+    assert not job_containers(docker_client, "proc-pipe")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("smbyoc-")]
+
+
+def test_pipe_mode_two_instances_sharded_at_a_configured_path_through_the_cli(tmp_path: Path, image: str,
+                                                                              docker_client: Any) -> None:
+    folder = data(tmp_path)
+    env = {**os.environ, "SMBYOC_STATE_DIR": str(tmp_path / "state"),
+           "SMBYOC_PROCESSING_PIPE_PATH": "/opt/ml/processing/pipes/{input_name}.{epoch}"}
+    proc = subprocess.run(
+        [*SMBYOC, "local-process", "--image", image, "--job-name", "proc-pipe-sharded", "--instance-count", "2",
+         "-i", f"data={folder}", "--input-mode", "Pipe", "--distribution", "data=ShardedByS3Key",
+         "-o", f"report={REPORT}:out", "-a", "pipe=data:/opt/ml/processing/pipes/data.0", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ProcessingJobStatus"] == "Completed"
+    seen = {p.stem: json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))}
+    # each instance's pipe carries its share: every 2nd object of the sorted keys
+    assert seen["algo-1"]["pipes"]["data"] == {"is_fifo": True, "data": "0\n2\n4\n"}
+    assert seen["algo-2"]["pipes"]["data"] == {"is_fifo": True, "data": "1\n3\nz\n"}
+    assert not job_containers(docker_client, "proc-pipe-sharded")
+
+
+def test_a_gzip_pipe_input_that_is_not_gzip_fails_the_job(tmp_path: Path, image: str, docker_client: Any) -> None:
+    packed = tmp_path / "gz"
+    packed.mkdir()
+    (packed / "a.csv.gz").write_bytes(b"plain text, not gzip\n")
+    result = run(tmp_path, image, name="proc-pipe-bad", inputs=(("gz", str(packed), None),),
+                 arguments=["pipe=gz:/opt/ml/processing/input/gz_0"],
+                 settings=[("S3InputMode", None, "Pipe"), ("S3CompressionType", None, "Gzip")])
+    assert result.status == "Failed" and result.exit_code != 0
+    assert result.failure_reason is not None
+    assert result.failure_reason.startswith("ClientError: Pipe-mode input gz on algo-1 could not be streamed")
+    assert reports(tmp_path)["algo-1"]["pipes"]["gz"] == {"is_fifo": True, "data": ""}  # the pipe ended early
+    assert not job_containers(docker_client, "proc-pipe-bad")

@@ -439,3 +439,258 @@ def test_killed_server_job_is_failed_and_its_process_removed(tmp_path: Path, ngi
         if child is not None:  # the test failed: end the orphan it made
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child, signal.SIGKILL)
+
+
+MODEL_CODE = '''
+import os
+import time
+
+
+def model_fn(model_dir):
+    return "{answer}"
+
+
+def transform_fn(model, data, content_type, accept):
+    raw = data if isinstance(data, bytes) else data.encode()
+    if raw.startswith(b"sleep "):
+        seconds = float(raw.split()[1])
+        marks = os.environ.get("MARK_DIR")
+        if marks:
+            open(os.path.join(marks, "started-%g" % seconds), "w").close()
+        time.sleep(seconds)
+    return model.encode(), "text/plain"
+'''
+
+
+def answering_model(sm: Any, base: Path, name: str, answer: str, **environment: str) -> None:
+    """CreateModel ``name``: a model (served by the real ``serve``) that answers ``answer`` to anything, after
+    sleeping N seconds for ``sleep N`` (writing ``started-N`` under ``$MARK_DIR`` first)."""
+    code = base / name / "code"
+    code.mkdir(parents=True)
+    (code / "inference.py").write_text(MODEL_CODE.replace("{answer}", answer))
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": "smbyoc/serve:cpu", "ModelDataUrl": str(base / name),
+        "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "2", **environment}})
+
+
+def endpoint_config(sm: Any, name: str, model: str) -> None:
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": model, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}])
+
+
+def gone(url: str, seconds: float = 30) -> bool:
+    """Whether nothing answers at ``url`` within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/ping", timeout=2)
+        except OSError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def isolated_server(tmp_path: Path, nginx_on_path: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
+    """A server whose endpoints register in a registry of the test's own (``jobs.records()`` is the test's)."""
+    monkeypatch.setenv("SMBYOC_STATE_DIR", str(tmp_path / "smbyoc-state"))
+    api = start_server(tmp_path / "state")
+    yield api
+    api.close()
+
+
+def test_update_endpoint_blue_green_retain_and_rollback(isolated_server: ApiServer, tmp_path: Path) -> None:
+    """UpdateEndpoint starts the new configuration beside the serving one and switches once it is healthy: a
+    client invoking all along gets an answer every time (old, then new); RetainAllVariantProperties keeps the
+    weight; a new configuration that cannot start leaves the old one serving, InService with FailureReason."""
+    import threading
+
+    from smbyoc.emulator import jobs
+
+    server = isolated_server
+    sm, runtime = clients(server.url)
+    answering_model(sm, tmp_path, "blue", "blue")
+    answering_model(sm, tmp_path, "green", "green")
+    endpoint_config(sm, "cfg-blue", "blue")
+    endpoint_config(sm, "cfg-green", "green")
+    sm.create_model(ModelName="gone", ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": "smbyoc/serve:cpu", "ModelDataUrl": str(tmp_path / "no-such-model")})
+    endpoint_config(sm, "cfg-gone", "gone")
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName="cfg-blue")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="ep", WaiterConfig=FAST)
+    arn = "arn:aws:sagemaker:us-east-1:000000000000:endpoint/ep"
+
+    answers: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def invoke_all_along() -> None:
+        while not stop.is_set():
+            try:
+                answer = runtime.invoke_endpoint(EndpointName="ep", Body=b"x", ContentType="text/plain")
+                answers.append(answer["Body"].read().decode())
+            except Exception as e:
+                errors.append(repr(e))
+
+    def wait_in_service() -> dict[str, Any]:
+        deadline = time.monotonic() + 120
+        while (described := sm.describe_endpoint(EndpointName="ep"))["EndpointStatus"] == "Updating":
+            assert time.monotonic() < deadline, described
+            time.sleep(0.2)
+        return described
+
+    # what is refused, before anything starts
+    for extra, words in [
+        ({"DeploymentConfig": {"BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": {
+            "Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0}}}}, "DeploymentConfig is not emulated"),
+        ({"RetainAllVariantProperties": True,
+          "ExcludeRetainedVariantProperties": [{"VariantPropertyType": "DataCaptureConfig"}]},
+         "ExcludeRetainedVariantProperties DataCaptureConfig is not supported"),
+        ({"ExcludeRetainedVariantProperties": [{"VariantPropertyType": "DesiredWeight"}]},
+         "ExcludeRetainedVariantProperties needs RetainAllVariantProperties"),
+    ]:
+        code, message = error_of(sm.update_endpoint, EndpointName="ep", EndpointConfigName="cfg-green", **extra)
+        assert code == "ValidationException" and words in message, message
+    assert error_of(sm.update_endpoint, EndpointName="ep", EndpointConfigName="nope") == (
+        "ValidationException", 'Could not find endpoint configuration '
+                               '"arn:aws:sagemaker:us-east-1:000000000000:endpoint-config/nope".')
+    assert error_of(sm.update_endpoint, EndpointName="nope", EndpointConfigName="cfg-green")[0] == \
+        "ValidationException"
+    assert sm.describe_endpoint(EndpointName="ep")["EndpointStatus"] == "InService"
+    sm.create_endpoint(EndpointName="ep-failed", EndpointConfigName="cfg-gone")
+    deadline = time.monotonic() + 60
+    while sm.describe_endpoint(EndpointName="ep-failed")["EndpointStatus"] != "Failed":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert error_of(sm.update_endpoint, EndpointName="ep-failed", EndpointConfigName="cfg-green") == (
+        "ValidationException", 'Cannot update failed endpoint "arn:aws:sagemaker:us-east-1:000000000000:endpoint/'
+                               'ep-failed"; DeleteEndpoint is the only operation on a failed endpoint.')
+    sm.delete_endpoint(EndpointName="ep-failed")
+
+    invoker = threading.Thread(target=invoke_all_along, daemon=True)
+    invoker.start()
+    try:
+        sm.update_endpoint_weights_and_capacities(EndpointName="ep", DesiredWeightsAndCapacities=[
+            {"VariantName": "AllTraffic", "DesiredWeight": 3.0}])
+        blue_front = server.hosting.front_url("ep")
+        assert blue_front is not None
+        assert sm.update_endpoint(EndpointName="ep", EndpointConfigName="cfg-green")["EndpointArn"] == arn
+        described = sm.describe_endpoint(EndpointName="ep")
+        assert described["EndpointStatus"] == "Updating"
+        assert described["EndpointConfigName"] == "cfg-blue"
+        assert described["PendingDeploymentSummary"]["EndpointConfigName"] == "cfg-green"
+        assert error_of(sm.update_endpoint, EndpointName="ep", EndpointConfigName="cfg-green") == (
+            "ValidationException", f'Cannot update in-progress endpoint "{arn}".')
+        assert error_of(sm.update_endpoint_weights_and_capacities, EndpointName="ep", DesiredWeightsAndCapacities=[
+            {"VariantName": "AllTraffic", "DesiredWeight": 1.0}]) == (
+            "ValidationException", f'Cannot update in-progress endpoint "{arn}".')
+        described = wait_in_service()
+        assert described["EndpointStatus"] == "InService" and described["EndpointConfigName"] == "cfg-green"
+        assert "PendingDeploymentSummary" not in described and "FailureReason" not in described
+        assert described["ProductionVariants"][0]["CurrentWeight"] == 1.0  # the new configuration's
+        seen = len(answers)
+        assert gone(blue_front), "the old endpoint's front still answers"
+        deadline = time.monotonic() + 30
+        while len(answers) < seen + 5:
+            assert time.monotonic() < deadline and not errors, errors
+            time.sleep(0.05)
+        assert answers[0] == "blue" and set(answers[seen:]) == {"green"}
+
+        # RetainAllVariantProperties: back to cfg-blue, keeping the weight set meanwhile
+        sm.update_endpoint_weights_and_capacities(EndpointName="ep", DesiredWeightsAndCapacities=[
+            {"VariantName": "AllTraffic", "DesiredWeight": 2.5}])
+        sm.update_endpoint(EndpointName="ep", EndpointConfigName="cfg-blue", RetainAllVariantProperties=True)
+        described = wait_in_service()
+        assert described["EndpointConfigName"] == "cfg-blue"
+        assert described["ProductionVariants"][0]["CurrentWeight"] == 2.5
+        assert described["ProductionVariants"][0]["CurrentInstanceCount"] == 1
+
+        # a configuration that cannot start: rolled back, the old one serves on
+        blue_front = server.hosting.front_url("ep")
+        sm.update_endpoint(EndpointName="ep", EndpointConfigName="cfg-gone")
+        described = wait_in_service()
+        assert described["EndpointStatus"] == "InService" and described["EndpointConfigName"] == "cfg-blue"
+        assert described["FailureReason"].startswith("Update to endpoint configuration cfg-gone failed and was "
+                                                     "rolled back: "), described["FailureReason"]
+        assert "no-such-model" in described["FailureReason"]
+        assert server.hosting.front_url("ep") == blue_front
+        seen = len(answers)
+        deadline = time.monotonic() + 30
+        while len(answers) < seen + 5:
+            assert time.monotonic() < deadline and not errors, errors
+            time.sleep(0.05)
+        assert set(answers[seen:]) == {"blue"}
+    finally:
+        stop.set()
+        invoker.join(60)
+    assert errors == [], errors[:5]
+    assert len(answers) > 20
+    # a successful update clears the FailureReason of the rolled-back one
+    sm.update_endpoint(EndpointName="ep", EndpointConfigName="cfg-green")
+    described = wait_in_service()
+    assert described["EndpointConfigName"] == "cfg-green" and "FailureReason" not in described
+
+    front = server.hosting.front_url("ep")
+    assert front is not None
+    sm.delete_endpoint(EndpointName="ep")
+    assert gone(front)
+    deadline = time.monotonic() + 30
+    while jobs.records():  # every `serve` of every fleet stopped and unregistered
+        assert time.monotonic() < deadline, jobs.records()
+        time.sleep(0.2)
+
+
+def test_delete_endpoint_while_invocations_run(isolated_server: ApiServer, tmp_path: Path) -> None:
+    """DeleteEndpoint as invocations run: it answers at once; an invocation that ends within the front's grace
+    period gets its answer, a longer one an error answer (not a hang); nothing is left running."""
+    import concurrent.futures
+
+    from botocore.config import Config
+
+    from smbyoc.emulator import jobs
+
+    server = isolated_server
+    sm, _ = clients(server.url)
+    import boto3
+
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
+                           aws_access_key_id="local", aws_secret_access_key="x",
+                           config=Config(retries={"max_attempts": 0}, read_timeout=120))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    answering_model(sm, tmp_path, "slow", "done", MARK_DIR=str(marks))
+    endpoint_config(sm, "slow", "slow")
+    sm.create_endpoint(EndpointName="slow", EndpointConfigName="slow")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="slow", WaiterConfig=FAST)
+    front = server.hosting.front_url("slow")
+    assert front is not None
+
+    def invoke(body: bytes) -> tuple[str, float]:
+        try:
+            answer = runtime.invoke_endpoint(EndpointName="slow", Body=body, ContentType="text/plain")
+            return answer["Body"].read().decode(), time.monotonic()
+        except ClientError as e:
+            return f'{e.response["Error"]["Code"]}: {e.response["Error"]["Message"]}', time.monotonic()
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        short = pool.submit(invoke, b"sleep 3")
+        long = pool.submit(invoke, b"sleep 300")
+        deadline = time.monotonic() + 30
+        while not ((marks / "started-3").exists() and (marks / "started-300").exists()):
+            assert time.monotonic() < deadline, "the invocations did not reach the model"
+            time.sleep(0.05)
+        started = time.monotonic()
+        sm.delete_endpoint(EndpointName="slow")
+        assert time.monotonic() - started < 5  # DeleteEndpoint does not wait for the invocations
+        assert error_of(sm.describe_endpoint, EndpointName="slow")[0] == "ValidationException"
+        short_answer, _ = short.result(timeout=60)
+        long_answer, long_done = long.result(timeout=60)
+    assert short_answer == "done"  # ended within the grace period
+    assert long_answer.startswith("ServiceUnavailable: the endpoint slow cannot be reached"), long_answer
+    assert long_done - started < 40  # cut off after the front's grace period, not at the model's 300 s
+    assert gone(front)
+    deadline = time.monotonic() + 60  # `serve` gets SIGTERM, its busy worker up to its graceful timeout (~25 s)
+    while jobs.records():  # the `serve` (with its sleeping worker) stopped and unregistered
+        assert time.monotonic() < deadline, jobs.records()
+        time.sleep(0.2)
+    assert sm.list_endpoints()["Endpoints"] == []

@@ -72,6 +72,9 @@ def test_filters_join_gzip_two_instances_json(tmp_path: Path, model: Path) -> No
     assert described["DataProcessing"] == {"InputFilter": "$[1:]", "OutputFilter": "$[0,3]", "JoinSource": "Input"}
     assert not list(out.rglob("*.partial"))
     assert not jobs.records()
+    # The instances' lines are kept for `smbyoc logs`, by host.
+    log_text = (tmp_path / "state" / "logs" / "transform-job-join-job.log").read_text()
+    assert "[algo-1] " in log_text and "[algo-2] " in log_text
 
     gz = cli(tmp_path, "--model-data", str(model), "--input", str(data / "sub"), "--output", str(tmp_path / "gz"),
              "--split-type", "Line", "--content-type", "text/csv", "--compression", "Gzip")

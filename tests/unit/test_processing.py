@@ -7,6 +7,7 @@ The containers themselves run in tests/docker/test_local_process_docker.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,8 +22,18 @@ from smbyoc.cli.process_cmd import parse_inputs, parse_outputs
 from smbyoc.emulator import result
 from smbyoc.emulator.docker_processing import command_args
 from smbyoc.emulator.layout import HostTree
+from smbyoc.emulator.pipe_feeder import start_feeders, stop_feeders
 from smbyoc.emulator.processing_job import _outcome, input_objects, lay_out_host, read_exit_message
 from smbyoc.emulator.processing_outputs import OutputCopier, output_files
+from smbyoc.emulator.processing_pipes import (
+    DEFAULT_PIPE_PATH,
+    PIPE_PATH_ENV,
+    check_pipe_paths,
+    feeder_pattern,
+    fifo_path,
+    pipe_pattern,
+    pipe_sources,
+)
 from smbyoc.emulator.processing_request import (
     RequestOverrides,
     anchor_local_paths,
@@ -104,8 +115,6 @@ def test_botocore_errors_name_the_file_and_the_field_path() -> None:
 @pytest.mark.parametrize(("change", "expected"), [
     (lambda r: r["ProcessingInputs"][0]["S3Input"].update(LocalPath="/data/raw"),
      "ProcessingInputs[0].S3Input.LocalPath: '/data/raw' must begin with /opt/ml/processing/"),
-    (lambda r: r["ProcessingInputs"][0]["S3Input"].update(S3InputMode="Pipe"),
-     "ProcessingInputs[0].S3Input.S3InputMode: Pipe is not emulated for processing jobs"),
     (lambda r: r["ProcessingInputs"][0]["S3Input"].update(S3CompressionType="Gzip"),
      "S3CompressionType: Gzip can only be used when Pipe mode is specified"),
     (lambda r: r["ProcessingOutputConfig"]["Outputs"][0].update(OutputName="raw"),
@@ -327,6 +336,13 @@ def test_input_and_output_flags_parse_uris_with_colons() -> None:
     (["-i", "raw=./d"], "Error: --image: give the processing image"),
     (["--image", "img", "--job-name", "a_b"], "Error: options: ProcessingJobName: 'a_b' does not match"),
     (["--request", "missing.json"], "Error: --request missing.json: no such file"),
+    (["--image", "img", "-i", "raw=./d", "--compression", "Gzip"],
+     "Error: options: ProcessingInputs[0].S3Input.S3CompressionType: Gzip can only be used when Pipe mode"),
+    (["--image", "img", "-i", "raw=./d", "--input-mode", "Pipe", "--pipe-path", "/data/{input_name}_{epoch}"],
+     "Error: --pipe-path /data/{input_name}_{epoch}: input 'raw''s pipe /data/raw_0 must lie below "
+     "/opt/ml/processing/"),
+    (["--image", "img", "-i", "raw=./d", "--input-mode", "Pipe", "--pipe-path", "{local_path}.fifo"],
+     "Error: --pipe-path {local_path}.fifo: must contain {epoch}"),
 ])
 def test_bad_input_is_one_line_and_a_non_zero_exit_before_docker(args: list[str], expected: str,
                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -360,3 +376,114 @@ def test_the_container_definition_runs_the_image_with_sigint_and_the_three_mount
     assert args["volumes"] == {str(tmp_path / "algo-1" / name): {"bind": f"/opt/ml/{name}", "mode": "rw"}
                                for name in ("config", "output", "processing")}
     assert args["mem_limit"] == 8 * 1024**3
+
+
+# ------------------------------------------------------------------------------------------ Pipe input mode
+
+
+def pipe_spec(tmp_path: Path, pipe_path: str | None = None, **item: Any) -> ProcessingJobSpec:
+    settings = {"input_mode": "Pipe", "distribution": "ShardedByS3Key", **item}
+    return ProcessingJobSpec(
+        job_name="j", image="img", instance_count=2, pipe_path=pipe_path,
+        inputs=(ProcessingInput("raw", "s3://b/", "/opt/ml/processing/input/raw", source=_tree_source(tmp_path, 4),
+                                **settings),
+                ProcessingInput("side", "s3://b/s/", "/opt/ml/processing/side", source=tmp_path)),
+        outputs=(ProcessingOutput("out", "s3://b/o/", "/opt/ml/processing/output/out", destination=tmp_path / "o"),))
+
+
+def test_pipe_mode_and_gzip_with_it_are_accepted() -> None:
+    req = request()
+    req["ProcessingInputs"][0]["S3Input"].update(S3InputMode="Pipe", S3CompressionType="Gzip")
+    spec = spec_from_request(req)
+    assert (spec.inputs[0].input_mode, spec.inputs[0].compression) == ("Pipe", "Gzip")
+    assert spec.job_config()["ProcessingInputs"][0]["S3Input"]["S3InputMode"] == "Pipe"
+
+
+def test_pipe_paths_default_to_the_local_path_and_epoch_and_follow_the_setting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PIPE_PATH_ENV, raising=False)
+    spec = pipe_spec(tmp_path)
+    assert pipe_pattern(spec) == DEFAULT_PIPE_PATH
+    assert fifo_path(pipe_pattern(spec), spec.inputs[0], 3) == "/opt/ml/processing/input/raw_3"
+    assert feeder_pattern(pipe_pattern(spec), spec.inputs[0]) == "input/raw_{epoch}"
+    monkeypatch.setenv(PIPE_PATH_ENV, "/opt/ml/processing/pipes/{input_name}/{epoch}")
+    assert feeder_pattern(pipe_pattern(spec), spec.inputs[0]) == "pipes/raw/{epoch}"
+    chosen = pipe_spec(tmp_path, "{local_path}/part-{epoch}")  # the spec's (the option's) wins over the variable
+    assert feeder_pattern(pipe_pattern(chosen), chosen.inputs[0]) == "input/raw/part-{epoch}"
+    check_pipe_paths(chosen)
+
+
+@pytest.mark.parametrize(("pattern", "expected"), [
+    ("{local_path}", "must contain {epoch}"),
+    ("{local_path}_{epoch}_{nope}", "bad pattern ('nope')"),
+    ("/tmp/{input_name}_{epoch}", "input 'raw''s pipe /tmp/raw_0 must lie below /opt/ml/processing/"),
+    ("/opt/ml/processing/output/out/{epoch}", "lies in output 'out''s LocalPath /opt/ml/processing/output/out"),
+    ("/opt/ml/processing/side/{input_name}{epoch}", "lies in File-mode input 'side''s LocalPath"),
+])
+def test_a_bad_pipe_path_is_refused_naming_it(tmp_path: Path, pattern: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_pipe_paths(pipe_spec(tmp_path, pattern))
+    assert expected in str(caught.value) and f"--pipe-path {pattern}" in str(caught.value)
+
+
+def test_two_pipe_inputs_cannot_share_a_fifo(tmp_path: Path) -> None:
+    spec = pipe_spec(tmp_path, "/opt/ml/processing/pipe_{epoch}")
+    spec = ProcessingJobSpec(job_name="j", image="img", pipe_path=spec.pipe_path, inputs=(
+        spec.inputs[0], ProcessingInput("two", "s3://b/", "/opt/ml/processing/two", source=tmp_path,
+                                        input_mode="Pipe")))
+    with pytest.raises(ConfigError, match="inputs 'raw' and 'two' would share the pipe /opt/ml/processing/pipe_0"):
+        check_pipe_paths(spec)
+
+
+def test_pipe_inputs_are_not_copied_and_each_host_streams_its_share_decompressed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+    import threading
+
+    monkeypatch.delenv(PIPE_PATH_ENV, raising=False)
+    source = tmp_path / "packed"
+    source.mkdir()
+    for i in range(4):
+        (source / f"f{i}.gz").write_bytes(gzip.compress(f"row {i}\n".encode()))
+    spec = pipe_spec(tmp_path, compression="Gzip")
+    spec = ProcessingJobSpec(job_name="j", image="img", instance_count=2, outputs=spec.outputs,
+                             inputs=(dataclasses.replace(spec.inputs[0], source=source), spec.inputs[1]))
+    tree = lay_out_host(spec, "algo-2", tmp_path / "algo-2")
+    assert not (tree.root / "processing" / "input" / "raw").exists()  # nothing on the volume
+    sources, patterns = pipe_sources(spec, "algo-2", input_objects)
+    assert patterns == ["input/raw_{epoch}"] and [p.name for p in sources[0].objects] == ["f1.gz", "f3.gz"]
+    feeders = start_feeders(sources, tree.root / "processing", "algo-2", patterns)
+    try:
+        got: list[bytes] = []
+        for epoch in (0, 1):  # a second pass gets the next FIFO, with the same data
+            reader = threading.Thread(
+                target=lambda e=epoch: got.append(_read_fifo(tree.root / f"processing/input/raw_{e}")))
+            reader.start()
+            reader.join(10)
+        assert got == [b"row 1\nrow 3\n"] * 2
+    finally:
+        stop_feeders(feeders)
+    assert not list((tree.root / "processing" / "input").glob("raw_*"))  # the FIFOs are gone
+    assert feeders[0].error is None and feeders[0].bytes_written == 2 * len(b"row 1\nrow 3\n")
+
+
+def _read_fifo(path: Path) -> bytes:
+    deadline = time.monotonic() + 10
+    while not path.is_fifo() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path.read_bytes()
+
+
+def test_an_object_that_is_not_gzip_fails_the_job_as_a_client_error(tmp_path: Path) -> None:
+    from smbyoc.emulator.pipe_feeder import PipeFeeder, PipeSource
+    from smbyoc.emulator.processing_job import _feeder_problem
+
+    (tmp_path / "plain.gz").write_bytes(b"not gzip at all")
+    feeder = PipeFeeder(PipeSource("raw", (tmp_path / "plain.gz",), compression="Gzip"), tmp_path / "p", "algo-1",
+                        "input/raw_{epoch}").start()
+    try:
+        assert _read_fifo(tmp_path / "p" / "input" / "raw_0") == b""
+    finally:
+        feeder.stop()
+    reason = _feeder_problem([feeder])
+    assert reason is not None and reason.startswith("ClientError: Pipe-mode input raw on algo-1 could not be streamed")

@@ -11,6 +11,14 @@ The messages follow the service's where they are known ("Could not find model ..
 existing endpoint ..."; the SageMaker Python SDK matches on the latter). After a restart of the server, endpoints
 stored as ``InService`` (or still ``Creating``) are started again from their stored model and configuration (they
 are ``Creating`` meanwhile); one that cannot start is ``Failed`` with the reason.
+
+UpdateEndpoint deploys blue/green, as SageMaker does without a ``DeploymentConfig`` ("all at once"): the endpoint
+is ``Updating`` (with ``PendingDeploymentSummary``) while a second HostedEndpoint (green) is built from the new
+configuration and started beside the serving one (blue), which answers every invocation meanwhile; once green is
+healthy, invocations go to green, the description takes the new ``EndpointConfigName`` and ``InService``, and blue
+is stopped (requests it is answering get its front's grace period). When green cannot start, it is removed and the
+endpoint goes back to ``InService`` on blue with ``FailureReason`` set, as the service rolls back a failed update
+(cleared by the next successful update). DeleteEndpoint during an update stops both.
 """
 
 from __future__ import annotations
@@ -30,6 +38,11 @@ from smbyoc.errors import SmbyocError
 log = logging.getLogger(__name__)
 
 RUNNING = ("Creating", "Updating", "InService")
+#: The statuses in which an endpoint answers invocations (an update keeps the serving endpoint until it switches).
+SERVING = ("InService", "Updating")
+#: UpdateEndpoint's ``ExcludeRetainedVariantProperties`` that are emulated (``DataCaptureConfig`` is "Not
+#: currently supported" by the service itself: BOTO-SM ``VariantPropertyType``).
+RETAINED_PROPERTIES = ("DesiredWeight", "DesiredInstanceCount")
 
 
 @dataclass
@@ -44,6 +57,8 @@ class _Live:
     #: the endpoint closes it; before, the starting thread does.
     served: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The endpoint an UpdateEndpoint is starting beside this one (module docstring), until it serves or fails.
+    green: _Live | None = None
 
 
 class Hosting(Resources):
@@ -144,9 +159,9 @@ class Hosting(Resources):
         answer = _public(item)
         live = self.live.get(item["EndpointName"])
         endpoint = live.endpoint if live is not None else None
-        if item["EndpointStatus"] == "InService" and endpoint is not None and endpoint.router is not None:
+        if item["EndpointStatus"] in SERVING and endpoint is not None and endpoint.router is not None:
             why = endpoint._exit_reason()
-            if why is not None:
+            if why is not None and item["EndpointStatus"] == "InService":
                 item = self.store.update(stores.ENDPOINTS, item["EndpointName"], EndpointStatus="Failed",
                                          FailureReason=f"an instance of the endpoint stopped: {why}",
                                          LastModifiedTime=now()) or item
@@ -167,6 +182,8 @@ class Hosting(Resources):
             with live.lock:
                 live.deleted.set()
                 close = live.served
+                if live.green is not None:  # an update in progress: its thread stops the new endpoint
+                    live.green.deleted.set()
             if close:
                 threading.Thread(target=self._close, args=(live,), name=f"delete-{name}", daemon=True).start()
         return {}
@@ -194,11 +211,51 @@ class Hosting(Resources):
         self.store.update(stores.ENDPOINTS, item["EndpointName"], LastModifiedTime=now())
         return {"EndpointArn": item["EndpointArn"]}
 
+    def update_endpoint(self, request: dict[str, Any]) -> dict[str, Any]:
+        """UpdateEndpoint: blue/green, all at once (module docstring)."""
+        if "DeploymentConfig" in request:
+            raise validation("DeploymentConfig is not emulated by smbyoc api (UpdateEndpoint shifts all traffic at "
+                             "once, as the service does without one)")
+        excluded = [entry["VariantPropertyType"] for entry in request.get("ExcludeRetainedVariantProperties") or ()]
+        if excluded and not request.get("RetainAllVariantProperties"):
+            raise validation("ExcludeRetainedVariantProperties needs RetainAllVariantProperties set to true")
+        for kind in excluded:
+            if kind not in RETAINED_PROPERTIES:
+                raise validation(f"ExcludeRetainedVariantProperties {kind} is not supported (the variant property "
+                                 f"types that are: {', '.join(RETAINED_PROPERTIES)})")
+        item = self._get(stores.ENDPOINTS, request["EndpointName"], "endpoint")
+        name = item["EndpointName"]
+        with self.lock:
+            item = self.store.get(stores.ENDPOINTS, name) or item
+            blue = self.live.get(name)
+            if item["EndpointStatus"] == "Failed":
+                raise validation(f'Cannot update failed endpoint "{item["EndpointArn"]}"; DeleteEndpoint is the '
+                                 "only operation on a failed endpoint.")
+            if item["EndpointStatus"] != "InService" or blue is None or blue.endpoint is None or not blue.served \
+                    or blue.green is not None:
+                raise validation(f'Cannot update in-progress endpoint "{item["EndpointArn"]}".')
+            stored = self._get(stores.ENDPOINT_CONFIGS, request["EndpointConfigName"], "endpoint configuration",
+                               "endpoint-config")
+            config = dict(stored["_Request"])
+            models = self._models_of(config)
+            if request.get("RetainAllVariantProperties"):
+                config = _retained(config, blue.endpoint.describe().get("ProductionVariants") or [], excluded)
+            stamp = now()
+            self.store.update(stores.ENDPOINTS, name, EndpointStatus="Updating", LastModifiedTime=stamp,
+                              PendingDeploymentSummary={"EndpointConfigName": stored["EndpointConfigName"],
+                                                        "StartTime": stamp})
+            green = blue.green = _Live()
+            green.thread = threading.Thread(target=self._update, name=f"update-{name}", daemon=True,
+                                            args=(name, blue, green, stored["EndpointConfigName"], config, models))
+            green.thread.start()
+        return {"EndpointArn": item["EndpointArn"]}
+
     def front_url(self, name: str) -> str | None:
-        """The URL of the front of the endpoint ``name`` (the case as created), when it is in service."""
+        """The URL of the front of the endpoint ``name`` (the case as created), when it answers invocations
+        (``InService``, or ``Updating``: the serving endpoint until the new one takes over)."""
         item = self.store.get(stores.ENDPOINTS, name)
         live = self.live.get(name)
-        if item is None or item["EndpointStatus"] != "InService" or live is None or live.endpoint is None:
+        if item is None or item["EndpointStatus"] not in SERVING or live is None or live.endpoint is None:
             return None
         return str(live.endpoint.url)
 
@@ -209,7 +266,9 @@ class Hosting(Resources):
             if item["EndpointStatus"] in RUNNING:
                 name = item["EndpointName"]
                 log.info("starting endpoint %s again (it was %s)", name, item["EndpointStatus"])
-                self.store.update(stores.ENDPOINTS, name, EndpointStatus="Creating", LastModifiedTime=now())
+                # an update the last server did not finish is dropped: the endpoint comes back on its old config
+                self.store.update(stores.ENDPOINTS, name, EndpointStatus="Creating", LastModifiedTime=now(),
+                                  PendingDeploymentSummary=None)
                 with self.lock:
                     self._start(name)
 
@@ -222,6 +281,11 @@ class Hosting(Resources):
             with live.lock:
                 live.deleted.set()
                 close = live.served
+                green = live.green
+            if green is not None:  # an update in progress: its thread stops the new endpoint
+                green.deleted.set()
+                if green.thread is not None:
+                    green.thread.join()
             if live.thread is not None:
                 live.thread.join()
             if close:
@@ -235,30 +299,11 @@ class Hosting(Resources):
         live.thread.start()
 
     def _serve(self, name: str, live: _Live) -> None:
-        from smbyoc.emulator.endpoint_config import parse_endpoint_config
-        from smbyoc.emulator.hosted_endpoint import HostedEndpoint, HostingOptions
-        from smbyoc.s3.staging import Staging
-        from smbyoc.serving.ports import free_port
-
         item = self.store.get(stores.ENDPOINTS, name)
         if item is None:
             return
         try:
-            live.staging = Staging(endpoint_url=self.s3_endpoint_url,
-                                   progress=lambda line: log.info("%s: %s", name, line))
-            document = {"EndpointName": name, "Models": item["_Models"], "EndpointConfig": item["_Config"]}
-            definition = parse_endpoint_config(document, source=f"endpoint {name}", base_dir=Path.cwd(),
-                                               staging=live.staging)
-            options = HostingOptions(mode=self.mode, port=free_port(), s3_endpoint_url=self.s3_endpoint_url)
-            client = None
-            if self.mode == "docker":
-                from smbyoc.docker.client import get_client
-
-                client = get_client()
-            endpoint = HostedEndpoint(definition, options, client=client, sink=self._sink(name))
-            live.endpoint = endpoint
-            if not live.deleted.is_set():
-                endpoint.start()
+            endpoint = self._build(name, live, item["_Config"], item["_Models"])
         except (SmbyocError, OSError) as e:
             log.info("endpoint %s failed: %s", name, e)
             self._close(live)
@@ -279,6 +324,65 @@ class Hosting(Resources):
             self._close(live)
             return
         log.info("endpoint %s in service at %s", name, endpoint.url)
+
+    def _build(self, name: str, live: _Live, config: dict[str, Any], models: list[dict[str, Any]]) -> Any:
+        """The HostedEndpoint of ``config`` and ``models`` in ``live``, started unless ``live`` is deleted
+        meanwhile (raises what parsing or starting raises; the caller closes ``live``)."""
+        from smbyoc.emulator.endpoint_config import parse_endpoint_config
+        from smbyoc.emulator.hosted_endpoint import HostedEndpoint, HostingOptions
+        from smbyoc.s3.staging import Staging
+        from smbyoc.serving.ports import free_port
+
+        live.staging = Staging(endpoint_url=self.s3_endpoint_url, progress=lambda line: log.info("%s: %s", name, line))
+        document = {"EndpointName": name, "Models": models, "EndpointConfig": config}
+        definition = parse_endpoint_config(document, source=f"endpoint {name}", base_dir=Path.cwd(),
+                                           staging=live.staging)
+        options = HostingOptions(mode=self.mode, port=free_port(), s3_endpoint_url=self.s3_endpoint_url)
+        client = None
+        if self.mode == "docker":
+            from smbyoc.docker.client import get_client
+
+            client = get_client()
+        endpoint = HostedEndpoint(definition, options, client=client, sink=self._sink(name))
+        live.endpoint = endpoint
+        if not live.deleted.is_set():
+            endpoint.start()
+        return endpoint
+
+    def _update(self, name: str, blue: _Live, green: _Live, config_name: str, config: dict[str, Any],
+                models: list[dict[str, Any]]) -> None:
+        """UpdateEndpoint's thread: start green beside blue, then switch to green and stop blue, or roll back."""
+        failure: str | None = None
+        try:
+            self._build(name, green, config, models)
+        except (SmbyocError, OSError) as e:
+            failure = str(e)
+        except Exception as e:
+            log.exception("update of endpoint %s", name)
+            failure = f"{type(e).__name__}: {e}"
+        with self.lock:
+            current = self.live.get(name) is blue and not green.deleted.is_set()
+            if current:
+                blue.green = None
+                if failure is None:
+                    green.served = True
+                    self.live[name] = green
+                    self.store.update(stores.ENDPOINTS, name, EndpointConfigName=config_name, _Config=config,
+                                      _Models=models, EndpointStatus="InService", FailureReason=None,
+                                      PendingDeploymentSummary=None, LastModifiedTime=now())
+                else:
+                    log.info("update of endpoint %s failed, rolled back: %s", name, failure)
+                    self.store.update(stores.ENDPOINTS, name, EndpointStatus="InService",
+                                      FailureReason=f"Update to endpoint configuration {config_name} failed and was "
+                                                    f"rolled back: {failure}",
+                                      PendingDeploymentSummary=None, LastModifiedTime=now())
+        if not current or failure is not None:  # deleted or shut down meanwhile, or failed: green goes
+            self._close(green)
+            return
+        log.info("endpoint %s updated to %s, in service at %s", name, config_name, green.endpoint.url)
+        with blue.lock:
+            blue.deleted.set()
+        self._close(blue)
 
     @staticmethod
     def _close(live: _Live) -> None:
@@ -328,4 +432,23 @@ class Hosting(Resources):
 
 
 def _public(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in item.items() if not k.startswith("_")}
+    """The description without the stored requests (``_...``) and the members unset later (None)."""
+    return {k: v for k, v in item.items() if not k.startswith("_") and v is not None}
+
+
+def _retained(config: dict[str, Any], current: list[dict[str, Any]], excluded: list[str]) -> dict[str, Any]:
+    """``config`` with the current weight and instance count of each production variant that it names too
+    (RetainAllVariantProperties), except the properties ``excluded`` (ExcludeRetainedVariantProperties)."""
+    now_serving = {v["VariantName"]: v for v in current}
+    variants = []
+    for requested in config["ProductionVariants"]:
+        old = now_serving.get(requested["VariantName"])
+        variant = dict(requested)
+        if old is not None:
+            if "DesiredWeight" not in excluded and "CurrentWeight" in old:
+                variant["InitialVariantWeight"] = old["CurrentWeight"]
+            if "DesiredInstanceCount" not in excluded and "ServerlessConfig" not in variant and \
+                    old.get("CurrentInstanceCount"):
+                variant["InitialInstanceCount"] = old["CurrentInstanceCount"]
+        variants.append(variant)
+    return {**config, "ProductionVariants": variants}

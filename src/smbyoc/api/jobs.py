@@ -253,11 +253,14 @@ class Jobs(Resources):
         return item
 
     def _sink(self, name: str) -> Callable[[str, str], None]:
-        """The job's log (``<logs dir>/<resource>-<name>.log``), a line per ``(host, line)``."""
+        """The job's log (``<logs dir>/<resource>-<name>.log``), a line ``[host] line`` per ``(host, line)``, as
+        ``local-train`` prints them (``smbyoc logs`` reads it)."""
+        from smbyoc.emulator.job_logs import host_line
+
         write = self._log_sink(f"{self.kind.resource}-{name}")
 
         def sink(host: str, line: str) -> None:
-            write(f"{host}: {line}")
+            write(host_line(host, line))
         return sink
 
     def _run(self, name: str, request: dict[str, Any], context: Any, run: _Run) -> None:

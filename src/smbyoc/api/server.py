@@ -125,6 +125,7 @@ class ApiServer:
             "DescribeEndpoint": self.hosting.describe_endpoint,
             "DeleteEndpoint": self.hosting.delete_endpoint,
             "ListEndpoints": self.hosting.list_endpoints,
+            "UpdateEndpoint": self.hosting.update_endpoint,
             "UpdateEndpointWeightsAndCapacities": self.hosting.update_weights,
             "CreateProcessingJob": self.processing.create,
             "DescribeProcessingJob": self.processing.describe,
@@ -283,6 +284,7 @@ class ApiServer:
 
     async def _invoke(self, request: Request, name: str, request_id: str) -> Response:
         from smbyoc.emulator.front import LOCAL_ACCOUNT
+        from smbyoc.emulator.upstream import UpstreamError
 
         try:
             tokens.check(self.token, request.headers.get("authorization"))
@@ -297,7 +299,18 @@ class ApiServer:
         headers = {key: value for key, value in request.headers.items() if key.startswith(_FORWARDED_PREFIXES)}
         path = f"/endpoints/{urllib.parse.quote(name, safe='')}/invocations"
         try:
-            answer = await self._upstream.request("POST", url + path, request.body, headers, timeout=PROXY_TIMEOUT)
+            try:
+                answer = await self._upstream.request("POST", url + path, request.body, headers,
+                                                      timeout=PROXY_TIMEOUT)
+            except UpstreamError:
+                # UpdateEndpoint switched to the new endpoint and stopped the old one as this request went to it
+                # (no answer came): it goes once to the endpoint that serves now
+                now = self.hosting.front_url(name)
+                if now is None or now == url:
+                    raise
+                log.info("invocation of %s: the endpoint was updated meanwhile, sent to %s", name, now)
+                answer = await self._upstream.request("POST", now + path, request.body, headers,
+                                                      timeout=PROXY_TIMEOUT)
         except Exception as e:
             log.warning("invocation of %s: %s", name, e)
             body = json.dumps({"message": f"the endpoint {name} cannot be reached: {e}"}).encode()

@@ -6,12 +6,14 @@ import contextlib
 import json
 import shlex
 from pathlib import Path
+from typing import Any
 
 import click
 
 from smbyoc.cli import library_errors
 from smbyoc.cli.options import endpoint_url_option, parse_pairs, progress_line, quiet_aws_logs
 from smbyoc.cli.status_line import JobConsole, stdout_to_stderr
+from smbyoc.emulator import job_logs
 from smbyoc.emulator.processing_request import (
     RequestOverrides,
     anchor_local_paths,
@@ -104,7 +106,14 @@ def echo_result(result: ProcessingJobResult, as_json: bool, staging: Staging) ->
               help="A ProcessingOutput: SRC (default /opt/ml/processing/output/NAME) copied to DEST, a folder or "
                    "s3:// prefix. Repeatable.")
 @click.option("--input-mode", "input_modes", multiple=True, metavar="MODE|NAME=MODE",
-              help="S3InputMode of every input or one: File (Pipe is refused). Repeatable.")
+              help="S3InputMode of every input or one: File (copied before start) or Pipe (streamed through "
+                   "FIFOs, by default <LocalPath>_<epoch>: see --pipe-path). Repeatable.")
+@click.option("--compression", "compressions", multiple=True, metavar="TYPE|NAME=TYPE",
+              help="S3CompressionType of every input or one: None, or Gzip (Pipe mode only: each object is "
+                   "decompressed while streaming). Repeatable.")
+@click.option("--pipe-path", metavar="PATTERN", envvar="SMBYOC_PROCESSING_PIPE_PATH", show_envvar=True,
+              help="Where a Pipe-mode input's FIFOs appear in the container (SageMaker does not document it): "
+                   "{local_path}, {input_name} and {epoch} are replaced; default {local_path}_{epoch}.")
 @click.option("--distribution", "distributions", multiple=True, metavar="TYPE|NAME=TYPE",
               help="S3DataDistributionType: FullyReplicated, or ShardedByS3Key (instance i of N gets every N-th "
                    "object by sorted key). Repeatable.")
@@ -141,7 +150,8 @@ def echo_result(result: ProcessingJobResult, as_json: bool, staging: Staging) ->
 @library_errors
 def local_process(
     request_file: str | None, image: str | None, job_name: str | None, inputs: tuple[str, ...],
-    outputs: tuple[str, ...], input_modes: tuple[str, ...], distributions: tuple[str, ...],
+    outputs: tuple[str, ...], input_modes: tuple[str, ...], compressions: tuple[str, ...], pipe_path: str | None,
+    distributions: tuple[str, ...],
     data_types: tuple[str, ...], upload_modes: tuple[str, ...], entrypoint: str | None, arguments: tuple[str, ...],
     env_pairs: tuple[str, ...], instance_type: str | None, instance_count: int | None, max_runtime: int | None,
     network_isolation: bool | None, role_arn: str | None, region: str, stop_timeout: float,
@@ -150,7 +160,8 @@ def local_process(
     """Run a processing job as SageMaker Processing would: `docker run IMAGE` per instance, inputs copied
     below /opt/ml/processing, outputs copied out, /opt/ml/config/processingjobconfig.json and
     resourceconfig.json written, /opt/ml/output/message as the ExitMessage. Ctrl-C stops it like
-    StopProcessingJob. See docs/processing.md.
+    StopProcessingJob. The hosts' lines also go to <smbyoc state dir>/logs/processing-job-JOB_NAME.log
+    (`smbyoc logs JOB_NAME`). See docs/processing.md.
 
     \b
     Examples:
@@ -159,6 +170,7 @@ def local_process(
       smbyoc local-process --request job.json                  # a CreateProcessingJob request file
       smbyoc local-process --request job.json --instance-count 2 --distribution ShardedByS3Key
       smbyoc local-process --image my-proc -i raw=s3://bucket/raw/ -o out=s3://bucket/out/ --upload-mode Continuous
+      smbyoc local-process --image my-proc -i raw=./gz --input-mode Pipe --compression Gzip   # reads ..._0
     """
     from smbyoc.emulator.processing_job import default_name, run_local_processing
 
@@ -168,7 +180,8 @@ def local_process(
     if request_file is not None:
         base = anchor_local_paths(load_request(request_file), Path(request_file).resolve().parent)
         source = request_file
-    settings = [*parse_settings(input_modes, "S3InputMode"), *parse_settings(distributions, "S3DataDistributionType"),
+    settings = [*parse_settings(input_modes, "S3InputMode"), *parse_settings(compressions, "S3CompressionType"),
+                *parse_settings(distributions, "S3DataDistributionType"),
                 *parse_settings(data_types, "S3DataType"), *parse_settings(upload_modes, "S3UploadMode")]
     flags = RequestOverrides(
         job_name=job_name, image=image, inputs=parse_inputs(inputs), outputs=parse_outputs(outputs),
@@ -183,14 +196,24 @@ def local_process(
     with Staging(endpoint_url=endpoint_url, progress=progress_line) as staging:
         console = JobConsole(as_json, lambda spec: f"Processing job {spec.job_name} ({spec.image}, "
                                                     f"{spec.instance_count} x {spec.instance_type})")
+        run_log = job_logs.RunLog(job_logs.PROCESSING)  # <smbyoc state dir>/logs/processing-job-NAME.log
+
+        def on_start(spec: Any) -> None:
+            run_log.start(spec.job_name)
+            console.start(spec)
+
+        def sink(host: str, line: str) -> None:
+            run_log.sink(host, line)
+            console.log_line(host, line)
         try:
             with stdout_to_stderr() if as_json else contextlib.nullcontext():
                 result = run_local_processing(
                     request, staging=staging, source=source, region=region, stop_timeout=stop_timeout, user=user,
-                    keep_tree=keep_tree, continuous_interval=continuous_interval, on_start=console.start,
-                    on_status=console.on_status, sink=console.log_line)
+                    keep_tree=keep_tree, continuous_interval=continuous_interval, on_start=on_start,
+                    on_status=console.on_status, sink=sink, pipe_path=pipe_path)
         finally:
             console.close()
+            run_log.close()
         staging.publish()
         echo_result(result, as_json, staging)
     if not result.succeeded:

@@ -15,6 +15,7 @@ from smbyoc.cli import library_errors
 from smbyoc.cli.options import LOCATION, endpoint_url_option, parse_pairs, progress_line, quiet_aws_logs
 from smbyoc.cli.request_options import maybe_print_or_submit_transform, request_options
 from smbyoc.cli.status_line import StatusDisplay, format_elapsed, stdout_to_stderr
+from smbyoc.emulator import job_logs
 from smbyoc.emulator.transform.engine import Progress
 from smbyoc.emulator.transform.spec import (
     ASSEMBLE_WITH,
@@ -120,7 +121,8 @@ def local_transform(
     endpoint_url: str | None,
 ) -> None:
     """Run a batch transform job as SageMaker would: every input object through /invocations, one
-    <object>.out each. Ctrl-C stops it like StopTransformJob.
+    <object>.out each. Ctrl-C stops it like StopTransformJob. The instances' lines also go to
+    <smbyoc state dir>/logs/transform-job-JOB_NAME.log (`smbyoc logs JOB_NAME`).
 
     \b
     Examples:
@@ -159,15 +161,22 @@ def local_transform(
             startup_health_timeout=startup_health_timeout, user=user,
         ).validate()
         display = TransformDisplay(spec.job_name, spec.instance_count)
+        run_log = job_logs.RunLog(job_logs.TRANSFORM)
+
+        def sink(host: str, line: str) -> None:
+            run_log.sink(host, line)
+            display.log_line(host, line)
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             with stdout_to_stderr() if as_json else contextlib.nullcontext():
+                run_log.start(spec.job_name)
                 display.start()
                 result = run_transform_job(spec, on_status=display.on_status, on_progress=display.on_progress,
-                                           sink=display.log_line)
+                                           sink=sink)
         finally:
             signal.signal(signal.SIGTERM, previous)
             display.close()
+            run_log.close()
         staging.publish()
         if as_json:
             click.echo(json.dumps(staging.restore_uris(result.to_dict()), indent=2))

@@ -121,20 +121,22 @@ def run_local_training(
     on_start: Callable[[TrainingJobSpec], None] | None = None,
     on_status: StatusCallback | None = None,
     sink: HostLineSink | None = None,
+    echo: bool = False,
 ) -> TrainingJobResult:
     """Check ``job`` and run it; every bad input raises one :class:`~smbyoc.errors.ConfigError` (or
     :class:`~smbyoc.errors.DockerError`) before anything is created.
 
     ``on_start(spec)`` is called once every check passed, just before the job starts; ``on_status``
     gets each ``(TrainingJobStatus, SecondaryStatus)``; ``sink(host, line)`` each log line of a Docker
-    mode container (default: printed with its host). A process mode program shares the terminal.
+    mode container (default: printed with its host). A process mode program shares the terminal; given a
+    ``sink``, its lines go there instead (and, with ``echo``, on to this process's output as they come).
     Ctrl-C and SIGTERM stop the job as StopTrainingJob does (on the main thread).
     """
     from smbyoc.emulator.training_job import run_training_job
 
     spec, code_dir = training_spec(job)
     spec.validate()
-    backend = make_backend(job, code_dir, sink)
+    backend = make_backend(job, code_dir, sink, echo=echo)
     backend.preflight(spec)
     if on_start is not None:
         on_start(spec)
@@ -236,7 +238,8 @@ def _field_values(name: str, settings: list[ChannelSetting], channels: list[str]
     return job_value, per_channel
 
 
-def make_backend(job: LocalTrainingJob, code_dir: Path | None, sink: HostLineSink | None = None) -> TrainingBackend:
+def make_backend(job: LocalTrainingJob, code_dir: Path | None, sink: HostLineSink | None = None, *,
+                 echo: bool = False) -> TrainingBackend:
     """The job's backend (Docker mode: a client that answered, and the image, the default one built if
     absent); checks the options that only one mode takes."""
     if job.mode == "process":
@@ -245,7 +248,7 @@ def make_backend(job: LocalTrainingJob, code_dir: Path | None, sink: HostLineSin
         if job.user is not None:
             raise ConfigError("only for --mode docker", key="--user")
         command = list(job.train_command) if job.train_command else default_train_command()
-        return ProcessBackend(command=command, stop_timeout=job.stop_timeout)
+        return ProcessBackend(command=command, stop_timeout=job.stop_timeout, sink=sink, echo=echo)
     if job.mode != "docker":
         raise ConfigError("expected docker or process", key=f"mode {job.mode!r}")
     from smbyoc.docker.client import get_client

@@ -8,6 +8,10 @@ each object framed as one RecordIO record), closes it, removes it, and creates `
 many epochs as the program reads, until the job ends (contract.md §1.4). A reader that closes early
 (``EPIPE``) ends that epoch. Waiting for the reader never blocks a stop: the FIFO is opened
 non-blocking and polled.
+
+Where the FIFOs lie is the feeder's ``pattern`` (default ``{channel}_{epoch}``, training's names), a path
+relative to ``data_dir``: processing jobs lay theirs next to an input's ``LocalPath``
+(:mod:`smbyoc.emulator.processing_pipes`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ CHUNK = 1 << 20
 POLL = 0.02
 _MAGIC = struct.pack("<I", RECORDIO_MAGIC)
 _MAX_LENGTH = (1 << 29) - 1
+#: Where a channel's FIFO of one epoch lies, relative to the data directory (training: contract.md §1.4).
+DEFAULT_PATTERN = "{channel}_{epoch}"
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,14 @@ def stream_objects(fd: int, source: PipeSource) -> int:
 
 @dataclass
 class PipeFeeder:
-    """Feeds one channel of one host through ``<data_dir>/<channel>_<epoch>`` FIFOs in a daemon thread."""
+    """Feeds one channel of one host through ``<data_dir>/<pattern>`` FIFOs (default ``<channel>_<epoch>``)
+    in a daemon thread."""
 
     source: PipeSource
     data_dir: Path
     host: str = "algo-1"
+    #: ``{channel}`` and ``{epoch}`` are replaced; may hold folders (created as needed).
+    pattern: str = DEFAULT_PATTERN
     epochs_done: int = 0
     bytes_written: int = 0
     error: BaseException | None = None
@@ -107,7 +116,7 @@ class PipeFeeder:
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def fifo(self, epoch: int) -> Path:
-        return self.data_dir / f"{self.source.channel}_{epoch}"
+        return self.data_dir / self.pattern.format(channel=self.source.channel, epoch=epoch)
 
     def start(self) -> PipeFeeder:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -120,10 +129,15 @@ class PipeFeeder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        for leftover in self.data_dir.glob(f"{self.source.channel}_*"):
-            if leftover.name.removeprefix(f"{self.source.channel}_").isdigit():
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+        if self.pattern == DEFAULT_PATTERN:
+            leftovers = [p for p in self.data_dir.glob(f"{self.source.channel}_*")
+                         if p.name.removeprefix(f"{self.source.channel}_").isdigit()]
+        else:  # the FIFO of the epoch being fed (and the next, should the thread still be creating it)
+            leftovers = [self.fifo(e) for e in (self.epochs_done, self.epochs_done + 1)
+                         if self.fifo(e).is_fifo()]
+        for leftover in leftovers:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def _open_writer(self, path: Path) -> int | None:
         """Open the FIFO for writing once a reader has it open; None when stopped first."""
@@ -144,6 +158,7 @@ class PipeFeeder:
         try:
             while not self._stop.is_set():
                 path = self.fifo(epoch)
+                path.parent.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 os.mkfifo(path, 0o644)
@@ -167,8 +182,11 @@ class PipeFeeder:
             log.error("%s: Pipe-mode feeder for channel %s failed: %s", self.host, self.source.channel, e)
 
 
-def start_feeders(sources: Sequence[PipeSource], data_dir: Path, host: str) -> list[PipeFeeder]:
-    return [PipeFeeder(source, data_dir, host).start() for source in sources]
+def start_feeders(sources: Sequence[PipeSource], data_dir: Path, host: str,
+                  patterns: Sequence[str] | None = None) -> list[PipeFeeder]:
+    """One started feeder per source; ``patterns[i]`` (default :data:`DEFAULT_PATTERN`) places source i's FIFOs."""
+    return [PipeFeeder(source, data_dir, host, DEFAULT_PATTERN if patterns is None else patterns[i]).start()
+            for i, source in enumerate(sources)]
 
 
 def stop_feeders(feeders: Sequence[PipeFeeder]) -> None:

@@ -1,6 +1,9 @@
 """Process mode: run the ``train`` program as a local subprocess with ``SAGEMAKER_BASE_DIR`` set.
 
-No Docker is needed, and a debugger or ``breakpoint()`` works because the program shares the terminal.
+No Docker is needed, and a debugger or ``breakpoint()`` works because the program shares the terminal. Given
+a ``sink(host, line)`` (the job's log file), the program's standard output and error go through pipes instead:
+each line to the sink and, with ``echo``, every chunk on to this process's own descriptors 1 and 2 as it comes
+(a prompt without a newline shows at once; ``PYTHONUNBUFFERED=1`` is set unless the job sets it).
 One host only (several hosts need their own network names: use Docker mode).
 
 Every process of the job (``train``, the program, whatever it starts) carries the job's token in
@@ -18,9 +21,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from smbyoc import exit_codes
 from smbyoc.emulator import jobs, owners
@@ -65,6 +69,10 @@ class ProcessBackend:
     command: Sequence[str] = field(default_factory=default_train_command)
     stop_timeout: float = 120.0
     name: str = "process"
+    #: ``sink(host, line)`` for each line the program prints (None: it shares the terminal).
+    sink: Callable[[str, str], None] | None = None
+    #: With a sink: also pass the output on to descriptors 1 and 2, as it comes.
+    echo: bool = False
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _timer: threading.Timer | None = field(default=None, init=False, repr=False)
@@ -96,15 +104,23 @@ class ProcessBackend:
         self._token = owners.new_token()
         jobs.update(jobs.TRAINING, spec.job_name, token=self._token)  # recorded before any process exists
         env = {**job_environment(spec, tree), owners.TOKEN_VARIABLE: self._token}
+        piped = self.sink is not None
+        if piped:
+            env.setdefault("PYTHONUNBUFFERED", "1")
         try:
             # A session of its own: Ctrl-C reaches the emulator, which stops the job as
             # StopTrainingJob does (SIGTERM to the program) instead of interrupting it twice.
-            self._process = subprocess.Popen(argv, env=env, start_new_session=True)
+            self._process = subprocess.Popen(argv, env=env, start_new_session=True,
+                                             stdout=subprocess.PIPE if piped else None,
+                                             stderr=subprocess.PIPE if piped else None)
         except FileNotFoundError as e:
             raise UserCodeError(f"train command not found: {argv[0]}") from e
         except PermissionError as e:
             raise UserCodeError(f"train command is not executable: {argv[0]}") from e
         pid = self._process.pid
+        pumps = [self._pump(stream, tree.host, fd) for stream, fd in ((self._process.stdout, 1),
+                                                                       (self._process.stderr, 2))
+                 if stream is not None]
         jobs.update(jobs.TRAINING, spec.job_name, child=owners.Owner.of(pid).to_dict())
         self.started.set()
         if self._stopping.is_set():
@@ -119,7 +135,37 @@ class ProcessBackend:
             if left:
                 log.warning("ended %d process(es) train left running (%s): SIGTERM, then SIGKILL after %g s",
                             len(left), ", ".join(map(str, left)), LEFTOVER_GRACE)
+            for pump in pumps:
+                pump.join(LEFTOVER_GRACE)
         return [HostOutcome(tree.host, exit_codes.from_returncode(returncode))]
+
+    def _pump(self, stream: IO[bytes], host: str, fd: int) -> threading.Thread:
+        """Pass the program's output on from a pipe, in a daemon thread: lines to the sink, chunks echoed."""
+        sink, echo = self.sink, self.echo
+        assert sink is not None
+        source = stream.fileno()
+
+        def pump() -> None:
+            partial = b""
+            try:
+                while chunk := os.read(source, 65536):
+                    if echo:
+                        with contextlib.suppress(OSError):
+                            os.write(fd, chunk)
+                    *lines, partial = (partial + chunk).split(b"\n")
+                    for line in lines:
+                        sink(host, line.decode("utf-8", "replace").rstrip("\r"))
+                if partial:
+                    sink(host, partial.decode("utf-8", "replace"))
+            except OSError as e:
+                log.debug("output of %s ended: %s", host, e)
+            finally:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+        thread = threading.Thread(target=pump, name=f"output-{host}-{fd}", daemon=True)
+        thread.start()
+        return thread
 
     def _wait(self) -> int:
         assert self._process is not None

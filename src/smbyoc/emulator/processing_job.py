@@ -4,7 +4,9 @@ request to a DescribeProcessingJob-shaped :class:`~smbyoc.emulator.processing_re
 As SageMaker Processing does (contract-endpoints.md §7): every host ``algo-1..N`` gets
 ``/opt/ml/config/processingjobconfig.json`` and ``resourceconfig.json``, its inputs copied to their ``LocalPath``
 before start (``FullyReplicated``: everything; ``ShardedByS3Key``: every N-th object by sorted key, the
-training sharding), empty output folders; the containers run (:mod:`smbyoc.emulator.docker_processing`);
+training sharding) or, in Pipe mode, streamed through FIFOs while the containers run
+(:mod:`smbyoc.emulator.processing_pipes`), empty output folders; the containers run
+(:mod:`smbyoc.emulator.docker_processing`);
 ``MaxRuntimeInSeconds`` is enforced from container start (SIGINT, then SIGKILL after the stop timeout); the
 outputs are copied to their destinations (:mod:`smbyoc.emulator.processing_outputs`); the hosts'
 ``/opt/ml/output/message`` files, concatenated in host order and cut at 1 KB, are the ``ExitMessage``.
@@ -35,7 +37,9 @@ from smbyoc import exit_codes
 from smbyoc.emulator import jobs, result
 from smbyoc.emulator.job_spec import ChannelSpec, default_job_name
 from smbyoc.emulator.layout import HostTree, channel_objects, make_writable
+from smbyoc.emulator.pipe_feeder import PipeFeeder, start_feeders, stop_feeders
 from smbyoc.emulator.processing_outputs import DEFAULT_INTERVAL, ContinuousSync, OutputCopier
+from smbyoc.emulator.processing_pipes import PIPE, check_pipe_paths, pipe_sources
 from smbyoc.emulator.processing_request import spec_from_request
 from smbyoc.emulator.processing_result import ProcessingJobResult
 from smbyoc.emulator.processing_spec import (
@@ -79,7 +83,8 @@ def input_objects(item: ProcessingInput, host_index: int = 0, host_count: int = 
 
 def lay_out_host(spec: ProcessingJobSpec, host: str, root: Path) -> HostTree:
     """``root`` as ``host``'s ``/opt/ml``: ``config/`` with both files, ``output/``, and ``processing/`` holding
-    the host's share of every input and an empty folder for every output."""
+    the host's share of every File-mode input and an empty folder for every output (Pipe-mode inputs are
+    streamed while the job runs)."""
     tree = HostTree(host, root)
     for name in ("config", "output", "processing"):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -87,6 +92,8 @@ def lay_out_host(spec: ProcessingJobSpec, host: str, root: Path) -> HostTree:
     (root / "config" / "resourceconfig.json").write_text(json.dumps(spec.resource_config(host)))
     index, count = spec.hosts.index(host), spec.instance_count
     for item in spec.inputs:
+        if item.input_mode == PIPE:
+            continue
         target = root / "processing" / item.relative
         target.mkdir(parents=True, exist_ok=True)
         for key, file in input_objects(item, index, count):
@@ -116,7 +123,9 @@ def read_exit_message(trees: list[HostTree]) -> tuple[str | None, str | None]:
 
 
 def check_sources(spec: ProcessingJobSpec) -> None:
-    """Every input's local source exists (and a manifest reads), before anything is created."""
+    """Every input's local source exists (and a manifest reads), and the Pipe-mode FIFOs have a place, before
+    anything is created."""
+    check_pipe_paths(spec)
     for n, item in enumerate(spec.inputs):
         where = f"ProcessingInputs[{n}].S3Input.S3Uri {item.uri}"
         if item.source is None or not item.source.exists():
@@ -173,16 +182,24 @@ def run_processing_job(
                             if o.destination is not None and (o.upload_mode == CONTINUOUS) == continuous]
 
                 at_end, continuous = OutputCopier(pairs(False)), OutputCopier(pairs(True))
+                feeders: list[PipeFeeder] = []
                 if not stopped.is_set():
                     status("InProgress", PROCESSING)
-                    with ContinuousSync(continuous, continuous_interval), \
-                            Lifecycle(spec.job_name, spec.max_runtime_seconds, backend) as lifecycle:
-                        outcomes = backend.run(spec, trees)
+                    try:
+                        for tree in trees:
+                            sources, patterns = pipe_sources(spec, tree.host, input_objects)
+                            feeders += start_feeders(sources, tree.root / "processing", tree.host, patterns)
+                        with ContinuousSync(continuous, continuous_interval), \
+                                Lifecycle(spec.job_name, spec.max_runtime_seconds, backend) as lifecycle:
+                            outcomes = backend.run(spec, trees)
+                    finally:
+                        stop_feeders(feeders)
                     end_reason = lifecycle.reason
                 status("InProgress", UPLOADING)
                 continuous.sync()
                 at_end.sync()
                 message, problem = read_exit_message(trees)
+                problem = _feeder_problem(feeders) or problem
         finally:
             if keep_tree:
                 log.info("job tree kept at %s", root)
@@ -196,6 +213,15 @@ def run_processing_job(
     return ProcessingJobResult(spec=spec, status=job[0], exit_code=job[1], failure_reason=job[2], start_time=start,
                                end_time=_now(), exit_message=message, hosts=tuple(outcomes), mode=backend.name,
                                request=request)
+
+
+def _feeder_problem(feeders: list[PipeFeeder]) -> str | None:
+    """The ``ClientError`` reason when a Pipe-mode input could not be streamed (an object that is not gzip)."""
+    for feeder in feeders:
+        if feeder.error is not None:
+            return (f"ClientError: Pipe-mode input {feeder.source.channel} on {feeder.host} could not be "
+                    f"streamed: {feeder.error}")
+    return None
 
 
 def _outcome(spec: ProcessingJobSpec, outcomes: list[HostOutcome], stopped: bool, max_runtime: bool,
@@ -263,6 +289,7 @@ def run_local_processing(
     on_start: Callable[[ProcessingJobSpec], None] | None = None,
     on_status: StatusCallback | None = None,
     sink: HostLineSink | None = None,
+    pipe_path: str | None = None,
 ) -> ProcessingJobResult:
     """Check the CreateProcessingJob ``request`` and run it in Docker; every bad input raises one
     :class:`~smbyoc.errors.ConfigError` (or :class:`~smbyoc.errors.DockerError`) before anything is created.
@@ -270,9 +297,13 @@ def run_local_processing(
     ``staging`` resolves ``s3://`` and ``file://`` URIs (the caller publishes it and restores the URIs in the
     result); without one, a private staging is used and published here. ``on_start(spec)`` is called once every
     check passed; ``on_status`` gets ``(ProcessingJobStatus, what is happening)``; ``sink(host, line)`` each log
-    line (default: printed with its host). Ctrl-C and SIGTERM stop the job as StopProcessingJob does.
+    line (default: printed with its host). ``pipe_path``: where Pipe-mode inputs' FIFOs lie
+    (:mod:`smbyoc.emulator.processing_pipes`). Ctrl-C and SIGTERM stop the job as StopProcessingJob does.
     """
     spec = spec_from_request(request, source=source, region=region)
+    if pipe_path is not None:
+        spec = dataclasses.replace(spec, pipe_path=pipe_path)
+    check_pipe_paths(spec)
     spec.instance  # noqa: B018 - an instance type the emulator does not know is refused here
     if stop_timeout < 0:
         raise ConfigError("must be 0 or more", key=f"--stop-timeout {stop_timeout:g}")

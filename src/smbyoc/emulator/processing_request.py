@@ -4,8 +4,8 @@ A request (a file in boto3's exact shape, flags, or both: :func:`merge_request`;
 by name) is checked once, before anything is created, by botocore's own service model
 (:func:`smbyoc.emulator.api_validation.api_problems`: errors read like the API's, naming the field path), then
 by the rules the shape does not carry (contract-endpoints.md §7.2, §7.5: ``LocalPath`` below
-``/opt/ml/processing/``, unique names, Gzip only with Pipe) and what the emulator refuses (Pipe input mode,
-``DatasetDefinition``, ``FeatureStoreOutput``), every culprit on its own line. Local paths and ``file://`` URIs
+``/opt/ml/processing/``, unique names, Gzip only with Pipe) and what the emulator refuses (``DatasetDefinition``,
+``FeatureStoreOutput``), every culprit on its own line. Local paths and ``file://`` URIs
 may stand where SageMaker wants ``s3://`` URIs: they are checked as placeholder S3 URIs. ``local`` and
 ``local_gpu`` instance types are checked as ``ml.m5.xlarge``.
 """
@@ -107,10 +107,6 @@ def _rule_problems(request: Mapping[str, Any]) -> list[tuple[str, str]]:
             continue
         local_path(f"{where}.S3Input", s3.get("LocalPath"))
         mode = s3.get("S3InputMode", "File")
-        if mode == "Pipe":
-            problems.append((f"{where}.S3Input.S3InputMode", "Pipe is not emulated for processing jobs (how "
-                                                              "SageMaker names a processing input's FIFOs is "
-                                                              "undocumented); use File"))
         if s3.get("S3CompressionType", "None") == "Gzip" and mode != "Pipe":
             problems.append((f"{where}.S3Input.S3CompressionType", "Gzip can only be used when Pipe mode is "
                                                                    "specified as the S3InputMode"))

@@ -102,6 +102,9 @@ class ProcessingJobSpec:
     gpus: int | None = None
     #: The request's other members (``Tags``, ``ExperimentConfig``, ``KmsKeyId``...), echoed as given.
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Where Pipe-mode inputs' FIFOs lie (:mod:`smbyoc.emulator.processing_pipes`); None: the
+    #: ``SMBYOC_PROCESSING_PIPE_PATH`` environment variable, else ``{local_path}_{epoch}``.
+    pipe_path: str | None = None
 
     # -- what the engine reads --------------------------------------------------------------------
     @property

@@ -1,6 +1,7 @@
 """Report what the container sees, then do what the arguments ask: ``fail`` (writes /opt/ml/output/message,
 exits 3), ``sleep=N`` (sleeps N seconds), ``trickle=N`` (writes output/stream/part-1.txt, waits N seconds, writes
-part-2.txt)."""
+part-2.txt). ``pipe=NAME:PATH`` first reads the named pipe PATH to its end and reports what it carried as
+``pipes[NAME]``, with what the input's ``LocalPath`` folder holds."""
 
 import json
 import os
@@ -21,6 +22,15 @@ report = {"argv": sys.argv, "env": {k: v for k, v in os.environ.items() if k.sta
           "interfaces": sorted(os.listdir("/sys/class/net")),
           "outputs_exist": [pathlib.Path(o["S3Output"]["LocalPath"]).is_dir()
                             for o in config["ProcessingOutputConfig"]["Outputs"]]}
+report["pipes"] = {}
+for arg in sys.argv[1:]:
+    if arg.startswith("pipe="):
+        name, _, path = arg[5:].partition(":")
+        fifo = pathlib.Path(path)
+        deadline = time.monotonic() + 30
+        while not fifo.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report["pipes"][name] = {"is_fifo": fifo.is_fifo(), "data": fifo.read_bytes().decode()}
 out = pathlib.Path("/opt/ml/processing/output/report")
 if out.is_dir():
     (out / f"{host}.json").write_text(json.dumps(report))
