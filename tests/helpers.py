@@ -9,6 +9,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+
+def cli_runner() -> Any:
+    """A click ``CliRunner`` whose results keep stderr apart from stdout on every click smbyoc supports: click
+    8.1 (the floor) mixes them unless told ``mix_stderr=False``; 8.2 removed the option and always separates."""
+    import inspect
+
+    from click.testing import CliRunner
+
+    if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
+        return CliRunner(mix_stderr=False)
+    return CliRunner()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

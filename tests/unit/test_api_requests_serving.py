@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner
 
+from helpers import cli_runner
 from smbyoc.api_requests.endpoint import endpoint_config_requests, model_endpoint_requests
 from smbyoc.api_requests.transform_job import transform_job_requests
 from smbyoc.cli import library_errors
@@ -151,7 +151,7 @@ def test_print_request_from_local_transform_options() -> None:
     args = ["--image", IMAGE, "--model-data", "s3://bucket/model.tar.gz", "--input", "s3://bucket/in/part-1.csv",
             "--output", "s3://bucket/out", "--job-name", "cli-batch", "--split-type", "Line", "--content-type",
             "text/csv", "--instance-type", "ml.m5.large", "--max-payload", "1", "--role-arn", ROLE, "--print-request"]
-    result = CliRunner().invoke(command, args)
+    result = cli_runner().invoke(command, args)
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     botocore_check_all(document)
@@ -160,7 +160,7 @@ def test_print_request_from_local_transform_options() -> None:
     assert job["TransformOutput"]["S3OutputPath"] == "s3://bucket/out"
     assert job["MaxPayloadInMB"] == 1 and job["TransformResources"] == {"InstanceType": "ml.m5.large",
                                                                          "InstanceCount": 1}
-    local = CliRunner().invoke(command, ["--input", "in", "--output", "out"])
+    local = cli_runner().invoke(command, ["--input", "in", "--output", "out"])
     assert local.output == "LOCAL JOB\n"
 
 
@@ -304,21 +304,21 @@ def test_local_serve_bad_input_is_one_line(args: list[str], expected: str) -> No
     from smbyoc.cli.serve_cmd import local_serve
 
     command = with_request_options(local_serve, "endpoint", maybe_print_or_submit_endpoint)
-    result = CliRunner().invoke(command, [*args, "--role-arn", ROLE, "--print-request"])
-    assert (result.exit_code, result.output, result.stdout) == (1, expected, "")
+    result = cli_runner().invoke(command, [*args, "--role-arn", ROLE, "--print-request"])
+    assert (result.exit_code, result.stderr, result.stdout) == (1, expected, "")
 
 
 def test_print_request_from_local_serve_options(tmp_path: Path) -> None:
     from smbyoc.cli.serve_cmd import local_serve
 
     command = with_request_options(local_serve, "endpoint", maybe_print_or_submit_endpoint)
-    result = CliRunner().invoke(command, ["--endpoint-config", str(example(tmp_path)), "--image-uri", IMAGE,
+    result = cli_runner().invoke(command, ["--endpoint-config", str(example(tmp_path)), "--image-uri", IMAGE,
                                           "--print-request"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     botocore_check_all(document)
     assert document == endpoint_config_requests(example(tmp_path), image_uris=[IMAGE]).to_document()
-    single = CliRunner().invoke(command, ["--image", IMAGE, "--model-data", "s3://bucket/m.tar.gz", "--instance-type",
+    single = cli_runner().invoke(command, ["--image", IMAGE, "--model-data", "s3://bucket/m.tar.gz", "--instance-type",
                                           "ml.g5.xlarge", "--startup-health-timeout", "600", "--endpoint-name", "rt",
                                           "--role-arn", ROLE, "--print-request"])
     assert single.exit_code == 0, single.output

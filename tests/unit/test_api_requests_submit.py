@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner
 
+from helpers import cli_runner
 from smbyoc.api_requests.calls import ApiRequests
 from smbyoc.api_requests.submit import Clients, LogTail, submit
 from smbyoc.cli import library_errors
@@ -75,7 +75,7 @@ def put_logs(job: str, lines: dict[str, list[str]]) -> None:
 def test_submit_a_training_job_and_follow_it_with_its_logs(aws_env: str, local_train: click.Command) -> None:
     put_logs("churn-1", {"algo-1": ["epoch 1 loss 0.7", "epoch 2 loss 0.4"], "algo-2": ["worker ready"]})
     put_logs("churn-10", {"algo-1": ["another job's line"]})
-    result = CliRunner().invoke(local_train, train_args("churn-1", "--print-request", "--submit"))
+    result = cli_runner().invoke(local_train, train_args("churn-1", "--print-request", "--submit"))
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)["CreateTrainingJob"]
     lines = result.stderr.splitlines()
@@ -92,7 +92,7 @@ def test_submit_a_training_job_and_follow_it_with_its_logs(aws_env: str, local_t
 
 
 def test_no_wait_returns_once_the_job_is_created(aws_env: str, local_train: click.Command) -> None:
-    result = CliRunner().invoke(local_train, train_args("churn-2", "--submit", "--no-wait"))
+    result = cli_runner().invoke(local_train, train_args("churn-2", "--submit", "--no-wait"))
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
         "Create training job: churn-2 (arn:aws:sagemaker:us-east-1:123456789012:training-job/churn-2)"]
@@ -105,7 +105,7 @@ def test_submit_a_transform_job(aws_env: str) -> None:
     args = ["--image", IMAGE, "--model-data", "s3://bucket/model.tar.gz", "--input", "s3://bucket/in/a.csv",
             "--output", "s3://bucket/out", "--job-name", "batch-1", "--split-type", "Line", "--instance-type",
             "ml.m5.large", "--role-arn", ROLE, "--submit"]
-    result = CliRunner().invoke(command, args)
+    result = cli_runner().invoke(command, args)
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
         "Create model: batch-1 (arn:aws:sagemaker:us-east-1:123456789012:model/batch-1)",
@@ -122,7 +122,7 @@ def test_submit_an_endpoint_and_wait_until_in_service(aws_env: str) -> None:
     command = with_request_options(local_serve, "endpoint", maybe_print_or_submit_endpoint)
     args = ["--image", IMAGE, "--model-data", "s3://bucket/model.tar.gz", "--instance-type", "ml.m5.large",
             "--endpoint-name", "churn-rt", "--role-arn", ROLE, "--submit"]
-    result = CliRunner().invoke(command, args)
+    result = cli_runner().invoke(command, args)
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
     assert [line.split(" (")[0] for line in lines] == [
@@ -139,7 +139,7 @@ def test_a_missing_role_is_one_line_before_any_call(local_train: click.Command,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing is sent: it would fail differently
     args = [a for a in train_args("churn-4", "--submit") if a != ROLE and a != "--role-arn"]
-    result = CliRunner().invoke(local_train, args)
+    result = cli_runner().invoke(local_train, args)
     assert (result.exit_code, result.stdout) == (1, "")
     assert result.stderr == "Error: --role-arn: required: the IAM role SageMaker assumes for the job (RoleArn)\n"
 
@@ -148,7 +148,7 @@ def test_no_credentials_is_one_line_naming_the_chain(aws_env: str, local_train: 
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    result = CliRunner().invoke(local_train, train_args("churn-5", "--submit"))
+    result = cli_runner().invoke(local_train, train_args("churn-5", "--submit"))
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: use sagemaker: no AWS credentials found in the credential chain "
                                     "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE")
@@ -165,11 +165,11 @@ def boto3_jobs(url: str) -> list[str]:
 
 def test_an_unreachable_endpoint_is_one_line(aws_env: str, local_train: click.Command,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from helpers import free_port
+    from helpers import cli_runner, free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", url)
-    result = CliRunner().invoke(local_train, train_args("churn-6", "--submit"))
+    result = cli_runner().invoke(local_train, train_args("churn-6", "--submit"))
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: create training job churn-6: cannot reach {url}")
     assert len(result.stderr.splitlines()) == 1
@@ -315,7 +315,7 @@ def test_the_cli_turns_ctrl_c_into_exit_130(local_train: click.Command, monkeypa
     monkeypatch.setattr(Clients, "sagemaker", lambda self: scripted)
     monkeypatch.setattr(Clients, "logs", lambda self: ScriptedLogs())
     monkeypatch.setattr("smbyoc.api_requests.submit.POLL_SECONDS", 0.0)
-    result = CliRunner().invoke(local_train, train_args("churn-7", "--submit"))
+    result = cli_runner().invoke(local_train, train_args("churn-7", "--submit"))
     assert result.exit_code == 130, result.output
     assert result.stderr.splitlines()[-1].endswith("aws sagemaker stop-training-job --training-job-name churn-7")
 

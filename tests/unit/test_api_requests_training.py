@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner
 
+from helpers import cli_runner
 from smbyoc.api_requests.training_job import training_job_request, training_spec_for_request
 from smbyoc.api_requests.validate import check_request, request_problems
 from smbyoc.cli import library_errors
@@ -256,7 +256,7 @@ def test_print_request_from_local_train_options(local_train: click.Command) -> N
             "--checkpoint-s3-dir", "s3://bucket/ckpt", "--spot-interruption-after", "5", "--max-wait", "1200",
             "--network-isolation", "--env", "A=1", "--metric-definition", "loss=loss: (\\S+)",
             "--output-path", "s3://bucket/out", "--print-request"]
-    result = CliRunner().invoke(local_train, args, auto_envvar_prefix="SMBYOC_LOCAL_TRAIN",
+    result = cli_runner().invoke(local_train, args, auto_envvar_prefix="SMBYOC_LOCAL_TRAIN",
                                 env={"SMBYOC_LOCAL_TRAIN_ROLE_ARN": ROLE})
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
@@ -279,22 +279,22 @@ def test_print_request_from_local_train_options(local_train: click.Command) -> N
 def test_output_dir_in_s3_is_the_output_path(local_train: click.Command) -> None:
     args = ["--image", IMAGE, "--instance-type", "ml.m5.large", "--role-arn", ROLE, "-o", "s3://bucket/models",
             "--print-request"]
-    result = CliRunner().invoke(local_train, args)
+    result = cli_runner().invoke(local_train, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["CreateTrainingJob"]["OutputDataConfig"]["S3OutputPath"] == "s3://bucket/models"
 
 
 def test_without_the_options_the_local_job_runs(local_train: click.Command) -> None:
-    result = CliRunner().invoke(local_train, ["--image", IMAGE])
+    result = cli_runner().invoke(local_train, ["--image", IMAGE])
     assert result.exit_code == 0 and result.output == "LOCAL JOB\n"
 
 
 def test_cli_bad_input_is_one_line_and_a_non_zero_exit(local_train: click.Command) -> None:
     args = ["--image", IMAGE, "-c", "train=./data", "--instance-type", "ml.m5.large", "--role-arn", ROLE,
             "--output-path", "s3://bucket/o", "--print-request"]
-    result = CliRunner().invoke(local_train, args)
+    result = cli_runner().invoke(local_train, args)
     assert result.exit_code == 1
-    assert result.output == "Error: --channel train: ./data is a local path; SageMaker needs an s3:// URI\n"
+    assert result.stderr == "Error: --channel train: ./data is a local path; SageMaker needs an s3:// URI\n"
     assert result.stdout == ""
 
 
@@ -321,14 +321,14 @@ def test_the_decorator_as_commands_take_it() -> None:
         click.echo("LOCAL JOB")
 
     group = click.Group(commands=[command], context_settings=CONTEXT_SETTINGS)
-    help_text = CliRunner().invoke(group, ["local-train", "-h"]).output
+    help_text = cli_runner().invoke(group, ["local-train", "-h"]).output
     assert help_text.index("--output-dir") < help_text.index("--print-request") < help_text.index("--metric-definition")
-    result = CliRunner().invoke(group, ["local-train", "--image", IMAGE, "--instance-type", "ml.m5.large", "-o",
+    result = cli_runner().invoke(group, ["local-train", "--image", IMAGE, "--instance-type", "ml.m5.large", "-o",
                                         "s3://bucket/out", "--print-request"],
                                 env={"SMBYOC_LOCAL_TRAIN_ROLE_ARN": ROLE})
     assert result.exit_code == 0, result.output
     assert set(seen) == {"image", "instance_type", "output_dir"}
     request = json.loads(result.stdout)["CreateTrainingJob"]
     assert (request["RoleArn"], request["OutputDataConfig"]["S3OutputPath"]) == (ROLE, "s3://bucket/out")
-    local = CliRunner().invoke(group, ["local-train", "--image", IMAGE])
+    local = cli_runner().invoke(group, ["local-train", "--image", IMAGE])
     assert local.output == "LOCAL JOB\n"

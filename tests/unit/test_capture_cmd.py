@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
+from helpers import cli_runner
 from smbyoc.cli import _register, cli
 from smbyoc.emulator.capture import CSV_COLUMNS, CaptureWriter, DataCaptureConfig
 
@@ -48,9 +49,9 @@ def tree(tmp_path: Path) -> Path:
 def run(*args: str) -> Result:
     _register()
     try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2 mixes stderr into stdout unless told
+        runner = cli_runner()
     except TypeError:
-        runner = CliRunner()  # click >= 8.2 always keeps them apart
+        runner = cli_runner()  # click >= 8.2 always keeps them apart
     return runner.invoke(cli, ["capture", "summary", *args])
 
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from helpers import free_port
+from helpers import cli_runner, free_port
 from smbyoc.cli import _register, cli
 from smbyoc.errors import ConfigError, SmbyocError
 from smbyoc.push import PushRequest, RepositorySettings
@@ -104,9 +104,9 @@ def test_offline_conflicts(request_: PushRequest, culprit: str) -> None:
 def run_cli(*args: str, input: str | None = None) -> Result:
     _register()
     try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+        runner = cli_runner()
     except TypeError:
-        runner = CliRunner()
+        runner = cli_runner()
     return runner.invoke(cli, ["push", *args], input=input)
 
 
@@ -214,6 +214,6 @@ def test_a_report_that_is_not_one_is_one_line(tmp_path: Path) -> None:
 
 def test_validate_report_and_skip_validate_exclude_each_other(tmp_path: Path) -> None:
     _register()
-    result = CliRunner().invoke(cli, ["push", "m:1", "-r", "127.0.0.1:5000/m", "--skip-validate",
+    result = cli_runner().invoke(cli, ["push", "m:1", "-r", "127.0.0.1:5000/m", "--skip-validate",
                                       "--validate-report", str(_report(tmp_path))])
-    assert result.exit_code != 0 and "--validate-report" in result.output
+    assert result.exit_code != 0 and "--validate-report" in result.stderr
