@@ -24,8 +24,6 @@ from serve_support import (
     write_linear_onnx,
 )
 
-from smbyoc.emulator.runtime_client import ping
-
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("nginx_on_path")]
 
 SIX_MB = 6 * 1024 * 1024
@@ -169,9 +167,11 @@ def test_model_fn_failure_gives_503_and_a_clear_log(tmp_path: Path) -> None:
     """)
     server = start_server(tmp_path, tmp_path)
     try:
-        wait_for(lambda: ping(server.url)[0] == 503, 30, server)
-        status, _, body = call(server, "/ping")
-        assert "weights.bin is missing" in json.loads(body)["message"]
+        def failed_load_reported() -> bool:  # a worker still loading answers 503 "model is loading" first
+            status, _, body = call(server, "/ping")
+            return status == 503 and "weights.bin is missing" in json.loads(body)["message"]
+
+        wait_for(failed_load_reported, 30, server)
         wait_for(lambda: "Traceback" in server.output(), 10, server)
         assert "weights.bin is missing" in server.output()
     finally:
