@@ -24,6 +24,8 @@ from serve_support import (
     write_linear_onnx,
 )
 
+from smbyoc.emulator.runtime_client import ping
+
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("nginx_on_path")]
 
 SIX_MB = 6 * 1024 * 1024
@@ -168,6 +170,8 @@ def test_model_fn_failure_gives_503_and_a_clear_log(tmp_path: Path) -> None:
     server = start_server(tmp_path, tmp_path)
     try:
         def failed_load_reported() -> bool:  # a worker still loading answers 503 "model is loading" first
+            if ping(server.url)[0] != 503:  # not listening yet (or not failed yet)
+                return False
             status, _, body = call(server, "/ping")
             return status == 503 and "weights.bin is missing" in json.loads(body)["message"]
 
