@@ -152,6 +152,17 @@ def wait_for(what: str, check: Any, proc: subprocess.Popen[bytes], timeout: floa
         time.sleep(0.1)
 
 
+def interrupt(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
+    """SIGINT ``proc`` (so that it cleans up after itself), then wait for it; SIGKILL after ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_arm(sdk_python: str, arm: str, work: Path, spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"{arm}-", dir=work))
     proc = subprocess.Popen([sdk_python, str(Path(__file__).resolve()), "_arm", arm, str(workdir), json.dumps(spec)],
@@ -159,13 +170,7 @@ def run_arm(sdk_python: str, arm: str, work: Path, spec: dict[str, Any], env: di
     try:
         stdout, stderr = proc.communicate(timeout=900)
     except BaseException:  # Ctrl-C, SIGTERM, timeout: let the arm delete its endpoint first
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc)
         raise
     line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
@@ -273,13 +278,7 @@ def main() -> int:
         if not had_network:
             docker("network", "rm", "sagemaker-local", check=False)
         for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            interrupt(proc)
         for t in tagged:
             docker("rmi", t, check=False)
         shutil.rmtree(work, ignore_errors=True)

@@ -13,6 +13,7 @@ Images are tagged ``smbyoc-bench/<kind>:<row>`` and removed at the end (``--keep
 snapshot of the tree when editing the source at the same time (the smbyoc wheel is keyed by the source hash)::
 
     .venv/bin/python bench/image_sizes.py --cold 1 --cached 3 --base-image smbyoc/base:bookworm [--json out.json]
+    .venv/bin/python bench/image_sizes.py --rows cuda-train,cuda-serve --cold 1 --cached 1   # the CUDA rows
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ ROWS = (
     ("cpu-serve", "serve", "cpu", {}),
     ("cpu-serve-mme", "serve", "cpu", {"com.amazonaws.sagemaker.capabilities.multi-models": "true"}),
     ("ei-serve", "serve", "ei", {}),
+    ("cuda-train", "train", "cuda", {}),
+    ("cuda-serve", "serve", "cuda", {}),
 )
+#: Rows left out unless named in ``--rows``: multi-GB images (CUDA libraries from NVIDIA's wheels) whose cold
+#: build and ``docker save | gzip`` take many minutes on a small machine.
+HEAVY_ROWS = ("cuda-train", "cuda-serve")
 
 
 @dataclass
@@ -77,7 +83,8 @@ def main() -> int:
     parser.add_argument("--cold", type=int, default=1, help="cold builds per row")
     parser.add_argument("--cached", type=int, default=3, help="cached builds per row")
     parser.add_argument("--base-image", default=None)
-    parser.add_argument("--rows", default=",".join(r[0] for r in ROWS))
+    parser.add_argument("--rows", default=",".join(r[0] for r in ROWS if r[0] not in HEAVY_ROWS),
+                        help=f"comma-separated rows (default: all but {', '.join(HEAVY_ROWS)})")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--keep", action="store_true", help="keep the smbyoc-bench/* images")
     args = parser.parse_args()

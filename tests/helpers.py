@@ -3,11 +3,12 @@ the package: the runtime and the emulator never need a "free port" or a child `s
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,28 @@ def cli_runner() -> Any:
     if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
         return CliRunner(mix_stderr=False)
     return CliRunner()
+
+
+def run_on_front_loop(coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+    """Run ``coro`` to its end on a new event loop of the kind the endpoint front uses
+    (``front.DEFAULT_EVENT_LOOP``, which the ``front_event_loop`` fixture sets), then cancel what it left running
+    and close the loop, as ``asyncio.run`` does; ``timeout``: seconds before it is cancelled (None: no limit)."""
+    from smbyoc.emulator import front
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    loop = front.new_event_loop(front.DEFAULT_EVENT_LOOP)
+    try:
+        return loop.run_until_complete(coro if timeout is None else bounded())
+    finally:  # (what asyncio.run does after the main coroutine)
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

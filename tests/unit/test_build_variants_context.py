@@ -51,7 +51,7 @@ def test_broken_variant_json_names_the_file_and_key(tmp_path: Path) -> None:
 
 def test_pip_download_command_targets_the_image_not_the_host(tmp_path: Path) -> None:
     v = load_variant("arm64")
-    cmd = wheelhouse.pip_download_command(v, [Path("r.txt")], ["click>=8.1"], tmp_path, python="py")
+    cmd = wheelhouse.pip_download_command(v, [Path("r.txt")], ["click>=8.1"], tmp_path, python="py", host="aarch64")
     assert cmd[:4] == ["py", "-m", "pip", "download"]
     assert "--only-binary=:all:" in cmd
     assert cmd[cmd.index("--python-version") + 1] == "3.11"
@@ -168,3 +168,21 @@ def test_ensure_image_rebuilds_images_built_from_another_smbyoc(monkeypatch):
     Images.labels = {builder.SOURCE_LABEL: "something-else"}
     assert builder.ensure_image("serve", client=client) == "smbyoc/serve:cpu"
     assert built == ["smbyoc/serve:cpu"]
+
+
+def test_foreign_image_markers_are_evaluated_for_the_image_machine(tmp_path: Path) -> None:
+    """On x86_64, torch's ``platform_machine == "x86_64"`` nvidia requirements must not be followed for aarch64."""
+    import subprocess
+    import sys
+
+    cmd = wheelhouse.pip_download_command(load_variant("arm64"), [], [], tmp_path, host="x86_64")
+    assert cmd[1] == "-c" and cmd[3:5] == ["aarch64", "download"]
+    # The launcher really makes pip see aarch64: run it with `pip --version`'s sibling, a marker evaluation.
+    probe = cmd[2].replace("runpy.run_module('pip', run_name='__main__', alter_sys=True)",
+                           "from pip._vendor.packaging.markers import Marker; "
+                           "print(Marker('platform_machine == \"aarch64\"').evaluate(), sys.argv[1:])")
+    out = subprocess.run([sys.executable, "-c", probe, "aarch64", "download", "x"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "True ['download', 'x']"
+    native = wheelhouse.pip_download_command(load_variant("cpu"), [], [], tmp_path, python="py", host="x86_64")
+    assert native[:4] == ["py", "-m", "pip", "download"]

@@ -178,17 +178,20 @@ def test_arm64_without_base_and_qemu_names_both_in_one_line(tmp_path: Path,
     assert "\n" not in message and message.startswith("arm64: base image arm64v8/python:3.11-slim-bookworm is not")
     assert "scripts/build-base-image --arch arm64" in message and "--base-image" in message
     assert "; and building linux/arm64 images on this x86_64 engine needs qemu user emulation" in message
-    assert "apt-get install qemu-user-static binfmt-support" in message
+    assert "install qemu-user-static and register its handler (scripts/setup-qemu does both)" in message
     # with the base image here, only qemu is missing
     with pytest.raises(BuildError, match=r"^arm64: building linux/arm64 images .* needs qemu"):
         builder.preflight(load_variant("arm64"), "serve", Engine(images={"smbyoc/base:bookworm-arm64": "arm64"}))
 
 
-def test_cuda_without_its_base_image_says_how_to_provide_it() -> None:
+def test_cuda_builds_on_the_local_debian_base_and_says_how_to_make_it() -> None:
+    # CUDA comes from NVIDIA's PyPI wheels: the cuda variant needs no nvidia/cuda base image (docs/images.md)
     with pytest.raises(BuildError) as e:
         builder.preflight(load_variant("cuda"), "train", Engine())
     assert "\n" not in str(e.value)
-    assert "docker load (or pull) nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04, or pass --base-image" in str(e.value)
+    assert "run scripts/build-base-image (makes smbyoc/base:bookworm) or pass --base-image" in str(e.value)
+    assert builder.preflight(load_variant("cuda"), "serve",
+                             Engine(images={"smbyoc/base:bookworm": "amd64"})) == "smbyoc/base:bookworm"
 
 
 def test_unreachable_repository_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -185,7 +185,8 @@ def test_no_user_code_and_no_model_is_a_clear_failure(tmp_path: Path) -> None:
 def test_dlr_dir_without_dlr_is_one_clear_error(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
-    (model / "compiled.so").write_bytes(b"\0")
+    # an ELF header for this machine (the python executable's), so the check after it is the runtime's
+    (model / "compiled.so").write_bytes(Path(sys.executable).resolve().read_bytes()[:64])
     (model / "compiled.params").write_bytes(b"\0")
     (model / "compiled_model.json").write_text("{}")
     _, entry = client_for(tmp_path)

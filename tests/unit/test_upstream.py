@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from smbyoc.emulator import front as front_module
-from smbyoc.emulator.front import FrontError, new_event_loop, post
+from helpers import run_on_front_loop
+from smbyoc.emulator.front import FrontError, post
 from smbyoc.emulator.upstream import Headers, UpstreamError, UpstreamLimits, UpstreamPool
 
 LOCAL = "127.0.0.1"
@@ -26,20 +26,7 @@ pytestmark = pytest.mark.usefixtures("front_event_loop")
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    async def bounded() -> Any:
-        return await asyncio.wait_for(coro, 30)
-
-    loop = new_event_loop(front_module.DEFAULT_EVENT_LOOP)
-    try:
-        return loop.run_until_complete(bounded())
-    finally:  # (what asyncio.run does after the main coroutine)
-        left = asyncio.all_tasks(loop)
-        for task in left:
-            task.cancel()
-        if left:
-            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    return run_on_front_loop(coro, timeout=30)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

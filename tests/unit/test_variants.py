@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from smbyoc.emulator import front as front_module
-from smbyoc.emulator.front import Call, FrontError, Reply, new_event_loop
+from helpers import run_on_front_loop as run
+from smbyoc.emulator.front import Call, FrontError, Reply
 from smbyoc.emulator.variants import EndpointRouter, Instance, Variant, shadow_share
 
 
@@ -51,22 +51,6 @@ CALL = Call(b"x", {"Content-Type": "text/plain"})
 
 
 pytestmark = pytest.mark.usefixtures("front_event_loop")
-
-
-
-
-def run(coro: Any) -> Any:
-    loop = new_event_loop(front_module.DEFAULT_EVENT_LOOP)
-    try:
-        return loop.run_until_complete(coro)
-    finally:  # (what asyncio.run does after the main coroutine)
-        left = asyncio.all_tasks(loop)
-        for task in left:
-            task.cancel()
-        if left:
-            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 def test_weighted_split_is_proportional_and_seedable() -> None:

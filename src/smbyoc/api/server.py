@@ -21,7 +21,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import threading
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -37,7 +36,8 @@ from smbyoc.api.processing import ProcessingJobs
 from smbyoc.api.training import TrainingJobs
 from smbyoc.api.transform import TransformJobs
 from smbyoc.emulator.http_server import HttpServer, Request, Response
-from smbyoc.errors import ConfigError, ServingError
+from smbyoc.emulator.loop_thread import LoopThread
+from smbyoc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,7 @@ class ApiServer:
             "StopTransformJob": self.transform.stop,
         }
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="smbyoc-api")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped: asyncio.Event | None = None
+        self._serving = LoopThread(self._open, what="smbyoc api", name="smbyoc-api")
         self._upstream: Any = None
         self._closed = False
 
@@ -159,19 +157,7 @@ class ApiServer:
         self.training.recover()
         self.processing.recover()
         self.transform.recover()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, args=(ready, failure), name="smbyoc-api", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            error = failure[0]
-            if isinstance(error, OSError):
-                raise ServingError(f"smbyoc api cannot listen on {self.config.host}:{self.config.port}: "
-                                   f"{error.strerror or error}") from error
-            raise error
+        self._serving.start(f"{self.config.host}:{self.config.port}")
         self.hosting.recover()
 
     def close(self) -> None:
@@ -179,11 +165,7 @@ class ApiServer:
         if self._closed:
             return
         self._closed = True
-        loop, stopped, thread = self._loop, self._stopped, self._thread
-        if loop is not None and stopped is not None and thread is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stopped.set)
-            thread.join(30)
+        self._serving.stop()
         try:
             self.training.shutdown()
             self.processing.shutdown()
@@ -199,39 +181,18 @@ class ApiServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(self._serve(ready, failure))
-        except BaseException as e:  # pragma: no cover - _serve reports its own failures
-            if not ready.is_set():
-                failure.append(e)
-                ready.set()
-            log.exception("smbyoc api stopped")
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
+    async def _open(self, stack: contextlib.AsyncExitStack) -> None:
+        """Listen, then open the pool invocations go upstream through; what closes them goes on ``stack`` (run in
+        reverse order: the server, then the pool)."""
         from smbyoc.emulator.upstream import UpstreamPool
 
-        self._stopped = asyncio.Event()
-        try:
-            server = HttpServer(self.handle, host=self.config.host, port=self.config.port, max_body=MAX_BODY_BYTES,
-                                refuse=_refuse_body)
-            await server.start()
-        except BaseException as e:
-            failure.append(e)
-            ready.set()
-            return
+        server = HttpServer(self.handle, host=self.config.host, port=self.config.port, max_body=MAX_BODY_BYTES,
+                            refuse=_refuse_body)
+        await server.start()
         self.port = server.port
         self._upstream = UpstreamPool()
-        ready.set()
-        try:
-            await self._stopped.wait()
-        finally:
-            await server.close()
-            await self._upstream.close()
+        stack.push_async_callback(self._upstream.close)
+        stack.push_async_callback(server.close)
 
     # ------------------------------------------------------------------------------------ requests
     async def handle(self, request: Request) -> Response:

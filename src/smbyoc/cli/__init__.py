@@ -59,7 +59,7 @@ def cli(verbose: int) -> None:
 #: Command modules, each owned by one part of the product; each exposes ``COMMANDS``.
 COMMAND_MODULES = ("train_cmd", "serve_cmd", "transform_cmd", "build_cmd", "env_vars_cmd", "ps_cmd", "capture_cmd",
                    "endpoint_cmd", "push_cmd", "init_cmd", "validate_cmd", "process_cmd", "api_cmd",
-                   "logs_cmd")
+                   "logs_cmd", "neo_cmd")
 
 
 def sweep_before(callback: F) -> F:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 from pathlib import Path
-from typing import Any
 
 import click
 
 from smbyoc.cli import library_errors
 from smbyoc.cli.options import endpoint_url_option, parse_pairs, progress_line, quiet_aws_logs
-from smbyoc.cli.status_line import JobConsole, stdout_to_stderr
+from smbyoc.cli.status_line import job_output
 from smbyoc.emulator import job_logs
 from smbyoc.emulator.processing_request import (
     RequestOverrides,
@@ -194,26 +192,14 @@ def local_process(
         raise ConfigError("give the processing image (--image, or AppSpecification.ImageUri in --request)",
                           key="--image")
     with Staging(endpoint_url=endpoint_url, progress=progress_line) as staging:
-        console = JobConsole(as_json, lambda spec: f"Processing job {spec.job_name} ({spec.image}, "
-                                                    f"{spec.instance_count} x {spec.instance_type})")
-        run_log = job_logs.RunLog(job_logs.PROCESSING)  # <smbyoc state dir>/logs/processing-job-NAME.log
-
-        def on_start(spec: Any) -> None:
-            run_log.start(spec.job_name)
-            console.start(spec)
-
-        def sink(host: str, line: str) -> None:
-            run_log.sink(host, line)
-            console.log_line(host, line)
-        try:
-            with stdout_to_stderr() if as_json else contextlib.nullcontext():
-                result = run_local_processing(
-                    request, staging=staging, source=source, region=region, stop_timeout=stop_timeout, user=user,
-                    keep_tree=keep_tree, continuous_interval=continuous_interval, on_start=on_start,
-                    on_status=console.on_status, sink=sink, pipe_path=pipe_path)
-        finally:
-            console.close()
-            run_log.close()
+        # The log file: <smbyoc state dir>/logs/processing-job-NAME.log.
+        with job_output(job_logs.PROCESSING, as_json, lambda spec: f"Processing job {spec.job_name} ({spec.image}, "
+                                                                   f"{spec.instance_count} x {spec.instance_type})"
+                        ) as out:
+            result = run_local_processing(
+                request, staging=staging, source=source, region=region, stop_timeout=stop_timeout, user=user,
+                keep_tree=keep_tree, continuous_interval=continuous_interval, on_start=out.on_start,
+                on_status=out.console.on_status, sink=out.sink, pipe_path=pipe_path)
         staging.publish()
         echo_result(result, as_json, staging)
     if not result.succeeded:

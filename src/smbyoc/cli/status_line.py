@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 import click
 
+from smbyoc.emulator import job_logs
+
 ARROW = " → "
 
 
@@ -160,3 +162,41 @@ class JobConsole:
     def close(self) -> None:
         if self.display is not None:
             self.display.close()
+
+
+class JobOutput:
+    """Where a running job's lines go: its log file (:class:`~smbyoc.emulator.job_logs.RunLog`) and the console.
+    ``on_start``, ``sink`` and ``console.on_status`` are the callbacks the job runners take."""
+
+    def __init__(self, console: JobConsole, run_log: job_logs.RunLog, start_note: str | None = None) -> None:
+        self.console = console
+        self.run_log = run_log
+        self.start_note = start_note
+
+    def on_start(self, spec: Any) -> None:
+        """Open the job's log file (``start_note``, if any, its first line) and show its header."""
+        self.run_log.start(spec.job_name)
+        if self.start_note is not None:
+            self.run_log.sink("smbyoc", self.start_note)
+        self.console.start(spec)
+
+    def sink(self, host: str, line: str) -> None:
+        """A host's line: into the log file and above the status line."""
+        self.run_log.sink(host, line)
+        self.console.log_line(host, line)
+
+
+@contextlib.contextmanager
+def job_output(kind: str, as_json: bool, header: Callable[[Any], str],
+               start_note: str | None = None) -> Iterator[JobOutput]:
+    """A ``local-*`` job command's output while its job runs (``kind``: ``job_logs.TRAINING`` or
+    ``PROCESSING``); under ``--json`` standard output goes to stderr meanwhile. The status line and the log file
+    are closed on the way out, however the job ended."""
+    console = JobConsole(as_json, header)
+    run_log = job_logs.RunLog(kind)
+    try:
+        with stdout_to_stderr() if as_json else contextlib.nullcontext():
+            yield JobOutput(console, run_log, start_note)
+    finally:
+        console.close()
+        run_log.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 import sys
@@ -22,9 +21,9 @@ from smbyoc.cli.options import (
     quiet_aws_logs,
 )
 from smbyoc.cli.request_options import maybe_print_or_submit_training, request_options
-from smbyoc.cli.status_line import JobConsole, stdout_to_stderr
+from smbyoc.cli.status_line import job_output
 from smbyoc.emulator import job_logs
-from smbyoc.emulator.job_spec import TrainingJobSpec, load_hyperparameters_argument, merge_hyperparameters
+from smbyoc.emulator.job_spec import load_hyperparameters_argument, merge_hyperparameters
 from smbyoc.emulator.local_training import LocalTrainingJob, run_local_training
 from smbyoc.emulator.result import TrainingJobResult
 from smbyoc.errors import ConfigError
@@ -222,32 +221,18 @@ def local_train(
             gpus=gpus,
             keep_tree=keep_tree,
         )
-        console = JobConsole(as_json, lambda spec: f"Training job {spec.job_name} ({mode} mode, "
-                                                    f"{spec.instance_count} x {spec.instance_type})")
-        run_log = job_logs.RunLog(job_logs.TRAINING)
         # Process mode on a terminal: the program keeps the terminal itself (breakpoint() and pdb need it), so
         # its output is not logged; elsewhere (CI, pipes) it passes through pipes into the log file as well.
         shares_terminal = mode == "process" and sys.stdin.isatty() and sys.stdout.isatty()
-
-        def on_start(spec: TrainingJobSpec) -> None:
-            run_log.start(spec.job_name)
-            if shares_terminal:
-                run_log.sink("smbyoc", "process mode on a terminal: the program's output went to the terminal only "
-                                       "(so that a debugger works); run it with output redirected to log it")
-            console.start(spec)
-
-        def sink(host: str, line: str) -> None:
-            run_log.sink(host, line)
-            console.log_line(host, line)
-        try:
-            with stdout_to_stderr() if as_json else contextlib.nullcontext():
-                # Process mode: the program's output passes through as it comes (and into the log file).
-                result = run_local_training(job, on_start=on_start, on_status=console.on_status,
-                                            sink=None if shares_terminal else run_log.sink if mode == "process"
-                                            else sink, echo=mode == "process" and not shares_terminal)
-        finally:
-            console.close()
-            run_log.close()
+        note = ("process mode on a terminal: the program's output went to the terminal only (so that a debugger "
+                "works); run it with output redirected to log it") if shares_terminal else None
+        with job_output(job_logs.TRAINING, as_json, lambda spec: f"Training job {spec.job_name} ({mode} mode, "
+                                                                 f"{spec.instance_count} x {spec.instance_type})",
+                        start_note=note) as out:
+            # Process mode: the program's output passes through as it comes (and into the log file).
+            result = run_local_training(job, on_start=out.on_start, on_status=out.console.on_status,
+                                        sink=None if shares_terminal else out.run_log.sink if mode == "process"
+                                        else out.sink, echo=mode == "process" and not shares_terminal)
         staging.publish()
         echo_result(result, as_json, staging)
     if result.status == "Stopped":

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from smbyoc.emulator.http_server import HttpServer, Request, Response, ServerLimits, plain
+from smbyoc.emulator.loop_thread import LoopThread
 from smbyoc.emulator.upstream import UpstreamError, UpstreamPool
-from smbyoc.errors import ConfigError, ServingError
+from smbyoc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -299,15 +300,24 @@ class Front:
         self.event_loop = event_loop
         self.limits = limits
         self._invocations_path = f"/endpoints/{endpoint_name}/invocations"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped: asyncio.Event | None = None
+        self._serving = LoopThread(self._open, what="the endpoint front", name="endpoint-front",
+                                   new_loop=lambda: new_event_loop(self.event_loop))
         self._server: HttpServer | None = None
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        """The front's event loop (None before ``start()``)."""
+        return self._serving.loop
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        """The thread running the front's event loop (None when it does not run)."""
+        return self._serving.thread
 
     @property
     def loop_name(self) -> str:
@@ -317,80 +327,26 @@ class Front:
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Listen on ``host:port`` (raises :class:`ServingError` when that fails)."""
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, args=(ready, failure), name="endpoint-front",
-                                        daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            error = failure[0]
-            if isinstance(error, OSError):
-                raise ServingError(f"the endpoint front cannot listen on {self.host}:{self.port}: "
-                                   f"{error.strerror or error}") from error
-            raise error
+        self._serving.start(f"{self.host}:{self.port}")
 
     def stop(self) -> None:
-        loop, stopped, thread = self._loop, self._stopped, self._thread
-        if loop is None or stopped is None or thread is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop already ended
-            loop.call_soon_threadsafe(stopped.set)
-        thread.join(30)
-        self._thread = None
+        self._serving.stop()
 
-    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        try:
-            loop = new_event_loop(self.event_loop)
-        except BaseException as e:
-            failure.append(e)
-            ready.set()
-            return
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve(ready, failure))
-        except BaseException as e:  # pragma: no cover - _serve reports its own failures
-            if not ready.is_set():
-                failure.append(e)
-                ready.set()
-            log.exception("endpoint front stopped")
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        self._stopped = asyncio.Event()
+    async def _open(self, stack: contextlib.AsyncExitStack) -> None:
+        """Open the routers on one upstream pool, then listen; what closes them goes on ``stack`` (run in reverse
+        order: the server, then the routers, then the pool)."""
         max_body = self.max_body if self.enforce_limits else None
-        try:
-            server = self._server = HttpServer(self.handle, host=self.host, port=self.port,
-                                               refuse=self.refuse_body, max_body=max_body, drain_limit=DRAIN_LIMIT,
-                                               limits=self.limits)
-        except BaseException as e:
-            failure.append(e)
-            ready.set()
-            return
+        server = self._server = HttpServer(self.handle, host=self.host, port=self.port,
+                                           refuse=self.refuse_body, max_body=max_body, drain_limit=DRAIN_LIMIT,
+                                           limits=self.limits)
         session = UpstreamPool()
-        try:
-            await self.router.open(session)
-            if self.async_invocations is not None:
-                await self.async_invocations.open(session)
-            await server.start()
-        except BaseException as e:
-            failure.append(e)
-            ready.set()
-            await server.close()
-            await self._close_handlers()
-            await session.close()
-            return
-        ready.set()
-        try:
-            await self._stopped.wait()
-        finally:
-            await server.close()
-            await self._close_handlers()
-            await session.close()
+        stack.push_async_callback(session.close)
+        stack.push_async_callback(self._close_handlers)
+        stack.push_async_callback(server.close)
+        await self.router.open(session)
+        if self.async_invocations is not None:
+            await self.async_invocations.open(session)
+        await server.start()
 
     async def _close_handlers(self) -> None:
         try:

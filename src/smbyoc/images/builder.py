@@ -39,6 +39,8 @@ Progress = Callable[[str], None]
 _DOCKER_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 _ENGINE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+#: The engine's note after each step of a build for another architecture (Docker 20.10, classic builder).
+_FOREIGN_PLATFORM_NOISE = "does not match the detected host platform"
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def check_platform(variant: Variant, client: Any) -> None:
     if not enabled:
         raise BuildError(f"{variant.name}: building {variant.platform} images on this {engine_arch} engine "
                          f"needs qemu user emulation, and {handler} is missing or disabled; "
-                         "install it with: apt-get install qemu-user-static binfmt-support")
+                         "install qemu-user-static and register its handler (scripts/setup-qemu does both)")
 
 
 def _check_repositories(variant: Variant) -> None:
@@ -271,8 +273,11 @@ def _stream_build(client: Any, path: Path, tag: str, buildargs: dict[str, str], 
     image_id = ""
     tail: list[str] = []
     kwargs: dict[str, Any] = {}
-    if _ENGINE_ARCH.get(str(client.info().get("Architecture"))) != variant.arch:
+    engine_arch = _ENGINE_ARCH.get(str(client.info().get("Architecture")))
+    if engine_arch != variant.arch:
         kwargs["platform"] = variant.platform
+        _say(progress, f"{variant.platform} on this {engine_arch} engine: the RUN steps run under qemu user emulation "
+                       "(several times slower than native)")
     with translate_docker_errors(f"building {tag}"):
         stream = client.api.build(path=str(path), dockerfile="Dockerfile", tag=tag, rm=True, forcerm=True,
                                   decode=True, buildargs=buildargs, labels=labels, nocache=nocache,
@@ -287,6 +292,8 @@ def _stream_build(client: Any, path: Path, tag: str, buildargs: dict[str, str], 
                 image_id = str(chunk["aux"]["ID"])
             for raw in str(chunk.get("stream", "")).splitlines():
                 line = raw.rstrip()
+                if _FOREIGN_PLATFORM_NOISE in line:  # said once above, not after every step
+                    continue
                 if line:
                     tail = [*tail[-30:], line]
                     if progress:

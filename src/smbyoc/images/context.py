@@ -74,9 +74,27 @@ class BuildContext:
     smbyoc_wheel: Path | None = None
 
 
+def env_instruction(env: Mapping[str, str]) -> str:
+    """One ``ENV`` instruction setting ``env`` (values quoted, ``$`` not expanded); empty for no variables."""
+    if not env:
+        return ""
+    pairs = [f"{name}={_quoted(value)}" for name, value in env.items()]
+    return "ENV " + " \\\n    ".join(pairs) + "\n"
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
 def dockerfile_text(spec: ContextSpec) -> str:
-    """The variant's Dockerfile, with the user code layer appended when code is baked in."""
+    """The variant's Dockerfile, with the variant's environment (``env`` in its variant.json) and the user code
+    layer appended; a variant without ``env`` (cpu) gets its Dockerfile unchanged."""
     text = spec.variant.dockerfile(spec.kind).read_text(encoding="utf-8")
+    env = env_instruction(spec.variant.env)
+    if env:
+        text = text.rstrip("\n") + (
+            f"\n\n# Added by smbyoc build: the {spec.variant.name} variant's environment (images/{spec.variant.name}/"
+            "variant.json \"env\").\n" + env)
     if spec.code_dir is not None:
         text = text.rstrip("\n") + (
             "\n\n# Added by smbyoc build: the user's code, the one thing an image may hold under /opt/ml.\n"
@@ -197,7 +215,8 @@ def context_readme(spec: ContextSpec, build_args: Mapping[str, str], labels: Map
                   "holds x86_64 wheels.\n")
     cross = ("" if variant.platform == "linux/amd64" else
              f"\n`--platform {variant.platform}`: the wheelhouse holds {variant.arch} wheels. On an x86_64 machine "
-             "the build runs under qemu user emulation (`apt-get install qemu-user-static binfmt-support`).\n")
+             "the build runs under qemu user emulation (`apt-get install qemu-user-static` and a registered "
+             "binfmt_misc handler: scripts/setup-qemu).\n")
     args = "\n".join(f"* `{k}` = `{v}`" for k, v in build_args.items())
     label_lines = "\n".join(f"  * `{k}` = `{v}`" for k, v in sorted(labels.items()))
     code = ("* `code/`: your code, copied to /opt/ml/code.\n" if spec.code_dir is not None else "")

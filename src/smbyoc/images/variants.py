@@ -8,6 +8,7 @@ installed smbyoc builds the same images as a checkout.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -58,6 +59,9 @@ class Variant:
     #: A migration path (``ei``): the variant whose image this one builds, and why, printed in one line.
     builds_as: str | None = None
     migration: str | None = None
+    #: Environment variables set in every image of the variant (``cuda``: what GPU hosts and the NVIDIA wheels'
+    #: libraries need), appended to the Dockerfile by :func:`smbyoc.images.context.dockerfile_text`.
+    env: Mapping[str, str] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -103,6 +107,21 @@ class Variant:
     @property
     def python_tag(self) -> str:
         return "cp" + self.python_version.replace(".", "")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_table(data: Mapping[str, Any], source: str) -> dict[str, str]:
+    value = data.get("env", {})
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError("must be an object mapping variable names to strings", source=source, key="env")
+    for name, text in value.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{name!r} is not an environment variable name", source=source, key="env")
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise ConfigError(f"the value of {name} has a control character", source=source, key="env")
+    return dict(value)
 
 
 def _str_map(data: Mapping[str, Any], key: str, source: str) -> dict[str, str]:
@@ -156,7 +175,7 @@ def load_variant(name: str, root: Path | None = None) -> Variant:
         local_base_image=data.get("local_base_image"),
         pip_extra_index_urls=tuple(data.get("pip_extra_index_urls", ())),
         apt_repository=apt_repo, discontinued=data.get("discontinued"), builds_as=builds_as,
-        migration=data.get("migration"), raw=data)
+        migration=data.get("migration"), env=_env_table(data, source), raw=data)
     for kind in dockerfiles:
         if set(variant.base_images) != set(dockerfiles) or set(variant.requirements) != set(dockerfiles):
             raise ConfigError("dockerfile, base_image and requirements must name the same kinds",

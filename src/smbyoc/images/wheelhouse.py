@@ -47,10 +47,30 @@ def smbyoc_runtime_requirements() -> list[str]:
     return sorted(r for r in requires if "extra ==" not in r)
 
 
+#: ``pip download --platform`` picks wheels for the image, but pip evaluates environment markers
+#: (``platform_machine == "x86_64"``) against the *host* (pypa/pip#11664): resolving for aarch64 on x86_64 would
+#: follow torch's x86_64-only ``nvidia-*`` requirements and fail. For a foreign image, pip runs with
+#: ``platform.machine()`` answering the image's machine, so markers are evaluated as they would be inside it.
+_PIP_AS_MACHINE = ("import platform, runpy, sys; machine = sys.argv.pop(1); platform.machine = lambda: machine; "
+                   "runpy.run_module('pip', run_name='__main__', alter_sys=True)")
+
+
+def host_machine() -> str:
+    """The host's machine name as in wheel tags (``x86_64``, ``aarch64``)."""
+    import platform
+
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
 def pip_download_command(variant: Variant, requirement_files: Sequence[Path], requirements: Sequence[str],
-                         dest: Path, python: str | None = None) -> list[str]:
-    """The ``pip download`` argv resolving wheels for ``variant``'s image into ``dest``."""
-    cmd = [python or sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+                         dest: Path, python: str | None = None, host: str | None = None) -> list[str]:
+    """The ``pip download`` argv resolving wheels for ``variant``'s image into ``dest`` (``host``: the machine
+    pip runs on, default :func:`host_machine`; when it is not the image's, markers are evaluated for the image)."""
+    interpreter = python or sys.executable
+    launch = ([interpreter, "-m", "pip"] if (host or host_machine()) == variant.arch
+              else [interpreter, "-c", _PIP_AS_MACHINE, variant.arch])
+    cmd = [*launch, "download", "--disable-pip-version-check",
            "--progress-bar", "off", "--dest", str(dest), "--only-binary=:all:",
            "--implementation", "cp", "--python-version", variant.python_version]
     for platform in variant.pip_platforms():

@@ -12,7 +12,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from smbyoc.errors import UserCodeError
-from smbyoc.serving.errors import clip
+from smbyoc.serving import gpu
+from smbyoc.serving.errors import InputError, clip
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +26,6 @@ _ONNX_DTYPES = {
     "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
     "tensor(string)": np.object_,
 }
-
-
-class InputError(ValueError):
-    """The request's data does not fit the model's inputs (answered with 400)."""
-
-    status_code = 400
 
 
 class DefaultModel(Protocol):
@@ -49,7 +44,7 @@ class OnnxModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        providers = gpu.onnx_providers(ort.get_available_providers())  # CPU, with one warning, when no GPU
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.inputs = [(i.name, _ONNX_DTYPES.get(i.type, np.float32)) for i in self.session.get_inputs()]
         self.ranks = {i.name: len(i.shape) if isinstance(i.shape, list) else None for i in self.session.get_inputs()}
@@ -126,42 +121,15 @@ class TorchScriptModel:
         return result.numpy()
 
 
-class DlrModel:
-    """A Neo-compiled model directory run with the ``dlr`` runtime."""
-
-    def __init__(self, model_dir: Path) -> None:
-        try:
-            import dlr
-        except ImportError as e:
-            raise UserCodeError(
-                f"{model_dir} holds a Neo/DLR compiled model but the dlr package is not installed "
-                "(pip install dlr, or provide model_fn in inference.py)"
-            ) from e
-        self.model = dlr.DLRModel(str(model_dir), "cpu", 0)
-
-    def predict(self, data: Any) -> Any:
-        outputs = self.model.run(data)
-        return outputs[0] if len(outputs) == 1 else outputs
-
-
-def is_dlr_dir(model_dir: Path) -> bool:
-    """A Neo/DLR compiled artifact: a compiled ``.so`` library with its graph/params, or a DLR metadata file."""
-    if not model_dir.is_dir():
-        return False
-    names = {p.name for p in model_dir.iterdir()}
-    if any(n.endswith(".meta") and n.startswith("compiled") for n in names) or "dlr.json" in names:
-        return True
-    has_lib = any(n.endswith(".so") for n in names)
-    return has_lib and any(n.endswith((".params", ".json")) for n in names)
-
-
 def find_default_model(model_dir: Path) -> str | None:
     """Which default handler applies to ``model_dir``: ``onnx``, ``torchscript``, ``dlr`` or None."""
     if (model_dir / ONNX_FILE).is_file():
         return "onnx"
     if (model_dir / TORCHSCRIPT_FILE).is_file():
         return "torchscript"
-    if is_dlr_dir(model_dir):
+    from smbyoc.serving.neo import is_neo_dir  # lazily: neo needs numpy only when a model is one
+
+    if is_neo_dir(model_dir):
         return "dlr"
     return None
 
@@ -175,7 +143,9 @@ def load_default_model(model_dir: Path, threads: int) -> DefaultModel:
     if kind == "torchscript":
         return TorchScriptModel(model_dir / TORCHSCRIPT_FILE, threads)
     if kind == "dlr":
-        return DlrModel(model_dir)
+        from smbyoc.serving.neo import NeoModel
+
+        return NeoModel(model_dir, threads)
     raise UserCodeError(
         f"no model_fn and no default model in {model_dir}: expected {ONNX_FILE}, {TORCHSCRIPT_FILE} "
         "or a Neo/DLR compiled model directory"

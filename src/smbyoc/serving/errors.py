@@ -18,6 +18,12 @@ def clip(message: str, limit: int = MAX_MESSAGE) -> str:
     return f"{message[:limit]}... ({len(message) - limit} more characters)"
 
 
+class InputError(ValueError):
+    """The request's data does not fit the model's inputs (answered with 400)."""
+
+    status_code = 400
+
+
 class ServingHTTPError(HTTPException):
     """Base of the app's own errors; ``description`` is the message sent to the client."""
 

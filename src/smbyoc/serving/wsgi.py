@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from smbyoc.logs import configure_logging
+from smbyoc.serving import gpu
 from smbyoc.serving.env import MME_LOAD_TIMEOUT, ServingEnv
 from smbyoc.serving.fast_path import fast_path
 from smbyoc.serving.handler import Handler
@@ -84,6 +85,7 @@ def create_wsgi_app() -> Any:
     :func:`smbyoc.serving.fast_path.fast_path`."""
     env = ServingEnv.from_env()
     configure_logging(env.log_level)
+    gpu.announce_cpu_fallback()  # onnxruntime-gpu without a GPU: said once here, not once per forked worker
     flask_app, holder = build(env)
     app = fast_path(env, holder, flask_app, flask_app.mme)
     _state["holder"] = holder

@@ -74,12 +74,21 @@ class Model:
     class_names: list[str]
 
 
+def _providers(available: list[str]) -> list[str]:
+    """onnxruntime's CUDA provider when a GPU is usable (onnxruntime-gpu lists it on any machine), else CPU."""
+    try:
+        from smbyoc.serving.gpu import onnx_providers  # in smbyoc's images: says once why it runs on CPU
+    except ImportError:  # another serving toolkit
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return onnx_providers(available)
+
+
 def model_fn(model_dir: str) -> Model:
     directory = Path(model_dir)
     onnx_file = directory / "model.onnx"
     if not onnx_file.is_file():
         raise FileNotFoundError(f"{onnx_file} not found: was the model trained by the default example?")
-    session = ort.InferenceSession(str(onnx_file), providers=ort.get_available_providers())
+    session = ort.InferenceSession(str(onnx_file), providers=_providers(ort.get_available_providers()))
     input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     n_features = session.get_inputs()[0].shape[1]
     n_classes = session.get_outputs()[0].shape[1]
