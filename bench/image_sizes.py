@@ -14,6 +14,7 @@ snapshot of the tree when editing the source at the same time (the smbyoc wheel 
 
     .venv/bin/python bench/image_sizes.py --cold 1 --cached 3 --base-image smbyoc/base:bookworm [--json out.json]
     .venv/bin/python bench/image_sizes.py --rows cuda-train,cuda-serve --cold 1 --cached 1   # the CUDA rows
+    .venv/bin/python bench/image_sizes.py --rows arm64-train,arm64-serve --cold 1 --cached 3  # needs scripts/setup-qemu
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROWS = (
+ROWS: tuple[tuple[str, str, str, dict[str, str]], ...] = (
     # name, kind, variant, extra labels
     ("cpu-train", "train", "cpu", {}),
     ("cpu-serve", "serve", "cpu", {}),
@@ -37,10 +38,13 @@ ROWS = (
     ("ei-serve", "serve", "ei", {}),
     ("cuda-train", "train", "cuda", {}),
     ("cuda-serve", "serve", "cuda", {}),
+    ("arm64-train", "train", "arm64", {}),
+    ("arm64-serve", "serve", "arm64", {}),
 )
 #: Rows left out unless named in ``--rows``: multi-GB images (CUDA libraries from NVIDIA's wheels) whose cold
-#: build and ``docker save | gzip`` take many minutes on a small machine.
-HEAVY_ROWS = ("cuda-train", "cuda-serve")
+#: build and ``docker save | gzip`` take many minutes on a small machine, and the arm64 images (RUN steps under
+#: qemu; ``--base-image`` applies to the amd64 rows only, arm64 ones take their variant's default).
+HEAVY_ROWS = ("cuda-train", "cuda-serve", "arm64-train", "arm64-serve")
 
 
 @dataclass
@@ -99,15 +103,16 @@ def main() -> int:
             if name not in wanted:
                 continue
             tag = f"smbyoc-bench/{kind}:{name}"
+            base = None if variant == "arm64" else args.base_image
             row = Row(name, kind, variant, [], [])
             for i in range(args.cold):
                 with tempfile.TemporaryDirectory(prefix="smbyoc-bench-cold.") as cold_cache:
-                    seconds = _build(kind, variant, tag, labels, args.base_image, cold_cache, nocache=True)
+                    seconds = _build(kind, variant, tag, labels, base, cold_cache, nocache=True)
                 row.cold.append(seconds)
                 print(f"{name}: cold build {i + 1}: {seconds:.1f} s", file=sys.stderr, flush=True)
-            _build(kind, variant, tag, labels, args.base_image, shared_cache, nocache=False)  # fills the cache
+            _build(kind, variant, tag, labels, base, shared_cache, nocache=False)  # fills the cache
             for i in range(args.cached):
-                seconds = _build(kind, variant, tag, labels, args.base_image, shared_cache, nocache=False)
+                seconds = _build(kind, variant, tag, labels, base, shared_cache, nocache=False)
                 row.cached.append(seconds)
                 print(f"{name}: cached build {i + 1}: {seconds:.1f} s", file=sys.stderr, flush=True)
             image = client.images.get(tag)

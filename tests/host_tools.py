@@ -15,6 +15,8 @@ HOST_TOOLS = {
     "docker-registry": "scripts/setup-host-packages (apt-get install docker-registry)",
     "htpasswd": "scripts/setup-host-packages (apt-get install apache2-utils)",
     "/usr/bin/python3": "apt-get install python3 (Debian's own Python, the one inside smbyoc's images)",
+    "aarch64-linux-gnu-gcc": ("scripts/setup-qemu (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross: "
+                              "neo-compile's ARM targets)"),
 }
 
 

@@ -68,7 +68,8 @@ def compile_onnx(
     compiler = shutil.which("aarch64-linux-gnu-gcc") if cross else None
     if cross and compiler is None:
         raise SmbyocError(f"target {target} is aarch64: compiling it on this x86_64 machine needs the "
-                          "aarch64-linux-gnu-gcc cross linker (apt-get install gcc-aarch64-linux-gnu)")
+                          "aarch64-linux-gnu-gcc cross linker (apt-get install gcc-aarch64-linux-gnu "
+                          "libc6-dev-arm64-cross)")
     try:
         import onnx
         import tvm
@@ -107,12 +108,18 @@ def compile_onnx(
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".neo-compile-") as tmp:
         library = Path(tmp) / LIBRARY
-        if compiler:
-            from tvm.contrib import cc
+        try:
+            if compiler:
+                from tvm.support import cc  # tvm.contrib.cc before TVM 0.26
 
-            executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
-        else:
-            executable.export_library(str(library))
+                executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
+            else:
+                executable.export_library(str(library))
+        except Exception as e:  # the linker's complaint (RuntimeError with its output): its telling line
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            detail = next((line for line in lines if "error" in line.lower() and "Compilation error" not in line),
+                          lines[0] if lines else type(e).__name__)
+            raise SmbyocError(f"{onnx_file}: linking the {target} library failed: {detail}") from e
         (Path(tmp) / META).write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(library, output_dir / LIBRARY)
         os.replace(Path(tmp) / META, output_dir / META)

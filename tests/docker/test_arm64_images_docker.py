@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from helpers import free_port
+from host_tools import require_host_tool
 from smbyoc.emulator.endpoint import DockerEndpoint, EndpointSpec
 from smbyoc.emulator.runtime_client import invoke, ping
 from smbyoc.examples import default_example
@@ -41,6 +43,7 @@ def arm64_images(docker_client: Any) -> dict[str, str]:
     """The arm64 base (scripts/build-base-image --arch arm64, a no-op when present) and the default arm64 images,
     built through the CLI as a user would; times printed for bench/README.md."""
     started = time.monotonic()
+    _run([str(ROOT / "scripts" / "setup-qemu")], timeout=600)
     _run([str(ROOT / "scripts" / "build-base-image"), "--arch", "arm64"], timeout=1800)
     times = {"base": time.monotonic() - started}
     tags = {}
@@ -69,7 +72,7 @@ def test_images_are_arm64_and_run_aarch64_code(arm64_images: dict[str, str], doc
     torch_probe = "import torch, platform; print(platform.machine(), torch.__version__, torch.version.cuda)"
     out = docker_client.containers.run(arm64_images["train"], ["python", "-c", torch_probe], entrypoint=[],
                                        remove=True)
-    assert out.decode().split() == ["aarch64", "2.9.1", "None"], out
+    assert out.decode().split() == ["aarch64", "2.9.1+cpu", "None"], out  # the CPU build
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +111,45 @@ def test_arm64_serve_image_predicts_with_the_model_trained_in_the_arm64_train_im
         accuracy = sum(p == t for p, t in zip(predicted, labels, strict=True)) / len(labels)
         # One epoch: well above chance (four balanced classes: 0.25), not the ten-epoch 0.9.
         assert accuracy >= 0.5, accuracy
+
+
+def test_arm64_serve_image_with_tvm_serves_the_model_neo_compiled_for_ml_m6g(
+        arm64_model: Path, docker_client: Any, docker_test_prefix: str, tmp_path: Path) -> None:
+    """Neo's ARM target: the arm64-trained model.onnx compiled here for ``ml_m6g`` (Graviton2, cross-linked with
+    aarch64-linux-gnu-gcc), served by an arm64 serve image carrying the TVM runtime, under qemu; the answers are
+    onnxruntime's on the same ONNX file (on this host)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    tvm = pytest.importorskip("tvm", reason="the neo extra (apache-tvm) is installed by scripts/bootstrap")
+    from smbyoc.images.builder import build_image
+    from smbyoc.neo_compile import compile_onnx
+
+    require_host_tool("aarch64-linux-gnu-gcc")
+    with tarfile.open(arm64_model) as archive:
+        archive.extract("model.onnx", tmp_path, filter="data")
+    onnx_file = tmp_path / "model.onnx"
+    compiled = compile_onnx(onnx_file, tmp_path / "compiled", "ml_m6g")
+    assert sorted(p.name for p in compiled.iterdir()) == ["compiled.meta", "compiled.so"]
+    assert (compiled / "compiled.so").read_bytes()[18:20] == (0xB7).to_bytes(2, "little")  # EM_AARCH64
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"apache-tvm=={tvm.__version__}\n")
+    tag = f"{docker_test_prefix}-neo:arm64"
+    started = time.monotonic()
+    build_image("serve", "arm64", tag, requirements=requirements, client=docker_client)
+    print(f"arm64 serve image with TVM built in {time.monotonic() - started:.1f}s")
+    try:
+        spec = EndpointSpec(model_data=compiled, port=free_port(), startup_health_timeout=300,
+                            instance_type="ml.m6g.large", environment={"TVM_USE_RUNTIME_LIB": "1"})
+        with DockerEndpoint(spec, docker_client, tag, sink=None) as endpoint:
+            rows = next(default_example().channels["validation"].glob("*.csv")).read_text().splitlines()[1:21]
+            x = np.array([[float(v) for v in r.split(",")[:-1]] for r in rows], dtype=np.float32)
+            session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+            want = session.run(None, {session.get_inputs()[0].name: x})[0]
+            response = invoke(endpoint.url, json.dumps(x.tolist()).encode(), content_type="application/json",
+                              accept="application/json")
+            got = np.asarray(json.loads(response.body), dtype=np.float32)
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    finally:
+        docker_client.images.remove(tag, force=True)
