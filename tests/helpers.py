@@ -12,6 +12,8 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def cli_runner() -> Any:
     """A click ``CliRunner`` whose results keep stderr apart from stdout on every click smbyoc supports: click
@@ -65,3 +67,28 @@ def wait_for_file(path: Path, proc: subprocess.Popen[str] | subprocess.Popen[byt
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     return path.exists()
+
+
+#: The linear model of :func:`write_linear_onnx`: y = x @ W + B.
+W = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=np.float32)
+B = np.array([0.5, -0.5], dtype=np.float32)
+
+
+def write_linear_onnx(path: Path) -> Path:
+    """y = x @ W + B with x: float32[N, 3], y: float32[N, 2]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

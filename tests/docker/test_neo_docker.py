@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from helpers import free_port
+from helpers import B, W, free_port, write_linear_onnx
 from smbyoc.emulator.endpoint import DockerEndpoint, EndpointSpec
 from smbyoc.emulator.runtime_client import invoke
 from smbyoc.serving import neo
@@ -18,26 +18,6 @@ from smbyoc.serving import neo
 pytestmark = pytest.mark.docker
 tvm = pytest.importorskip("tvm", reason="the neo extra (apache-tvm) is installed by scripts/bootstrap")
 
-W = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=np.float32)
-B = np.array([0.5, -0.5], dtype=np.float32)
-
-
-def write_linear_onnx(path: Path) -> Path:
-    """y = x @ W + B with x: float32[N, 3]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 def test_serve_image_with_tvm_serves_a_neo_compiled_model(docker_client: Any, docker_test_prefix: str,

@@ -13,31 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import free_port, serve_command
+from helpers import B, W, free_port, serve_command, write_linear_onnx
 from smbyoc.emulator.runtime_client import ping
-
-W = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=np.float32)
-B = np.array([0.5, -0.5], dtype=np.float32)
-
-
-def write_linear_onnx(path: Path) -> Path:
-    """y = x @ W + B with x: float32[N, 3], y: float32[N, 2]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
 
 
 def expected(x: np.ndarray) -> np.ndarray:

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from serve_support import expected, write_linear_onnx
+from serve_support import expected
 
-from helpers import free_port, wait_for_file
+from helpers import free_port, wait_for_file, write_linear_onnx
 
 pytestmark = pytest.mark.integration
 

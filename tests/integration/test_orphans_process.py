@@ -176,9 +176,7 @@ def test_the_next_local_train_removes_partial_archives_of_a_killed_run(workdir: 
 
 
 def test_a_killed_process_mode_endpoint_is_orphaned_then_swept(workdir: Path) -> None:
-    from serve_support import write_linear_onnx
-
-    from helpers import free_port
+    from helpers import free_port, write_linear_onnx
     from smbyoc.emulator.owners import tagged_processes
 
     write_linear_onnx(workdir / "model" / "model.onnx")

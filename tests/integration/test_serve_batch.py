@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_support import Server, expected, start_server, write_linear_onnx
+from serve_support import Server, expected, start_server
+
+from helpers import write_linear_onnx
 
 pytestmark = pytest.mark.integration
 

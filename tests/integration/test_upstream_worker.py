@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from serve_support import start_server, wait_for, write_linear_onnx
+from serve_support import start_server, wait_for
+
+from helpers import write_linear_onnx
 
 pytestmark = pytest.mark.integration
 
