@@ -17,15 +17,15 @@ FOREIGN_IMAGE_DIR = Path(__file__).parent / "docker" / "foreign_image"
 FOREIGN_IMAGE_TAG = "smbyoc-test/foreign:latest"
 BASE_IMAGE = "smbyoc/base:bookworm"
 
-#: Tests marked ``heavy`` build multi-gigabyte or emulated (qemu) images and take more than ten minutes from a
-#: cold cache: they run only when asked (``scripts/test --run-heavy``, or SMBYOC_RUN_HEAVY=1). Their times are
-#: recorded in bench/README.md ("Image variants").
+#: Tests marked ``heavy`` build multi-gigabyte, emulated (qemu) or TVM-carrying images; from a cold cache the
+#: arm64 and CUDA ones take more than ten minutes: they run only when asked (``scripts/test --run-heavy``, or
+#: SMBYOC_RUN_HEAVY=1). Their times are recorded in bench/README.md ("Image variants").
 RUN_HEAVY_ENV = "SMBYOC_RUN_HEAVY"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-heavy", action="store_true", default=False,
-                     help="also run the tests marked heavy (arm64 under qemu, CUDA images built from PyPI wheels)")
+                     help="also run the tests marked heavy (arm64 under qemu, CUDA images, serve images with TVM)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,7 +15,7 @@ from smbyoc.emulator.endpoint import DockerEndpoint, EndpointSpec
 from smbyoc.emulator.runtime_client import invoke
 from smbyoc.serving import neo
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.heavy]  # builds an image with the 100 MB TVM wheel: ~90 s
 tvm = pytest.importorskip("tvm", reason="the neo extra (apache-tvm) is installed by scripts/bootstrap")
 
 

@@ -337,3 +337,37 @@ def test_multi_model_variant_from_the_config(tmp_path: Path, nginx_on_path: str,
             client.invoke_endpoint(EndpointName="mme", Body=b"[2]", TargetModel="c.tar.gz")
     finally:
         endpoint.close()
+
+
+def test_a_freely_chosen_front_port_taken_meanwhile_is_chosen_again(tmp_path: Path, nginx_on_path: str,
+                                                                    aws_env: None) -> None:
+    """The API picks the front's port with free_port(); an outgoing connection can take that ephemeral port before
+    the front binds it. Such a port is chosen again; a port the user asked for is not (one clear error)."""
+    import socket
+
+    from smbyoc.errors import ServingError
+
+    write_handler_model(tmp_path / "one.tar.gz", "one", 1.0, 0.0)
+    document = {"EndpointName": "taken", "Models": [model("one", tmp_path / "one.tar.gz")],
+                "EndpointConfig": {"EndpointConfigName": "taken-config",
+                                   "ProductionVariants": [variant("Only", "one")]}}
+    definition = parse_endpoint_config(document, source=str(tmp_path / "endpoint.json"), base_dir=tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        asked = HostedEndpoint(definition, HostingOptions(mode="process", port=taken), sink=lambda line: None)
+        with pytest.raises(ServingError, match=f"cannot listen on 127.0.0.1:{taken}: .*address already in use"):
+            asked.start()
+        chosen = HostedEndpoint(definition, HostingOptions(mode="process", port=taken, port_is_free_choice=True),
+                                sink=lambda line: None)
+        chosen.start()
+        try:
+            assert chosen.options.port != taken and chosen.url.endswith(f":{chosen.options.port}")
+            import boto3
+
+            runtime = boto3.client("sagemaker-runtime", endpoint_url=chosen.url, region_name="us-east-1")
+            answer = runtime.invoke_endpoint(EndpointName="taken", Body=b"[1]", ContentType="application/json")
+            assert answer["InvokedProductionVariant"] == "Only"
+        finally:
+            chosen.close()

@@ -337,7 +337,8 @@ class Hosting(Resources):
         document = {"EndpointName": name, "Models": models, "EndpointConfig": config}
         definition = parse_endpoint_config(document, source=f"endpoint {name}", base_dir=Path.cwd(),
                                            staging=live.staging)
-        options = HostingOptions(mode=self.mode, port=free_port(), s3_endpoint_url=self.s3_endpoint_url)
+        options = HostingOptions(mode=self.mode, port=free_port(), port_is_free_choice=True,
+                                 s3_endpoint_url=self.s3_endpoint_url)
         client = None
         if self.mode == "docker":
             from smbyoc.docker.client import get_client

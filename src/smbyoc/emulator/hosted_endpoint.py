@@ -141,6 +141,10 @@ class HostingOptions:
 
     mode: str = "docker"
     port: int = 8080
+    #: ``port`` was picked by the caller with :func:`~smbyoc.serving.ports.free_port` rather than asked for by
+    #: the user: when another socket takes it before the front binds it (an outgoing connection's ephemeral port
+    #: can), the front tries another free port instead of failing the endpoint.
+    port_is_free_choice: bool = False
     bind_address: str = "127.0.0.1"
     user: str | None = None
     require_nginx: bool = False
@@ -240,16 +244,33 @@ class HostedEndpoint:
             if self.definition.async_config is not None:
                 self.async_endpoint = self._async_endpoint(self.router)
                 front_router = AsyncOnlyRouter(self.router, self.async_endpoint)
-            self.front = Front(front_router, host=self.options.bind_address, port=self.options.port,
-                               endpoint_name=self.definition.endpoint_name,
-                               variant_name=self.definition.production_variants[0].name, control=self,
-                               async_invocations=self.async_endpoint, event_loop=self.options.front_event_loop)
-            self.front.start()
+            self._start_front(front_router)
         except BaseException:
             self.close()
             raise
         self.startup_seconds = time.monotonic() - started
         return self.startup_seconds
+
+    def _start_front(self, router: Router, attempts: int = 3) -> None:
+        """Start the front on ``options.port``; a freely chosen port taken meanwhile is chosen again."""
+        import dataclasses
+        import errno
+
+        for attempt in range(attempts):
+            self.front = Front(router, host=self.options.bind_address, port=self.options.port,
+                               endpoint_name=self.definition.endpoint_name,
+                               variant_name=self.definition.production_variants[0].name, control=self,
+                               async_invocations=self.async_endpoint, event_loop=self.options.front_event_loop)
+            try:
+                self.front.start()
+                return
+            except ServingError as e:
+                taken = isinstance(e.__cause__, OSError) and e.__cause__.errno == errno.EADDRINUSE
+                if not (taken and self.options.port_is_free_choice and attempt + 1 < attempts):
+                    raise
+                log.info("endpoint %s: port %d was taken before the front bound it; choosing another",
+                         self.definition.endpoint_name, self.options.port)
+                self.options = dataclasses.replace(self.options, port=free_port())
 
     def _check_images(self) -> None:
         """Docker mode: every container image of every variant is here and fits the platform of its variant's
