@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from smbyoc.errors import ConfigError, SmbyocError
+from smbyoc.machine import host_machine
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def compile_onnx(
     tvm_target = _tvm_target(target)
     if not onnx_file.is_file():
         raise ConfigError("no such ONNX file", source=str(onnx_file))
-    cross = tvm_target.get("mtriple", "").startswith("aarch64") and os.uname().machine not in ("aarch64", "arm64")
+    cross = tvm_target.get("mtriple", "").startswith("aarch64") and host_machine() != "aarch64"
     compiler = shutil.which("aarch64-linux-gnu-gcc") if cross else None
     if cross and compiler is None:
         raise SmbyocError(f"target {target} is aarch64: compiling it on this x86_64 machine needs the "

@@ -25,6 +25,7 @@ import smbyoc
 from smbyoc.environment_variables import SMBYOC_CACHE_DIR
 from smbyoc.errors import BuildError
 from smbyoc.images.variants import Variant
+from smbyoc.machine import host_machine
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +54,6 @@ def smbyoc_runtime_requirements() -> list[str]:
 #: ``platform.machine()`` answering the image's machine, so markers are evaluated as they would be inside it.
 _PIP_AS_MACHINE = ("import platform, runpy, sys; machine = sys.argv.pop(1); platform.machine = lambda: machine; "
                    "runpy.run_module('pip', run_name='__main__', alter_sys=True)")
-
-
-def host_machine() -> str:
-    """The host's machine name as in wheel tags (``x86_64``, ``aarch64``)."""
-    import platform
-
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def pip_download_command(variant: Variant, requirement_files: Sequence[Path], requirements: Sequence[str],

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from smbyoc.errors import UserCodeError
+from smbyoc.machine import host_machine
 from smbyoc.serving.errors import InputError, clip
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ AUXILIARY = frozenset({"libdlr.so", "model.json", "hyperparams.json", "version.j
 
 #: ELF ``e_machine`` values and the ``platform.machine()`` names that run them.
 _ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x03: "i386", 0x28: "arm"}
-_HOST_NAMES = {"amd64": "x86_64", "arm64": "aarch64"}
 #: LLVM CPU names whose code uses AVX-512 (SIGILL on a CPU without it).
 _AVX512_CPUS = frozenset({
     "skylake-avx512", "cascadelake", "cooperlake", "icelake-server", "icelake-client", "sapphirerapids",
@@ -140,11 +139,6 @@ def read_metadata(path: Path | None) -> NeoMetadata:
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise UserCodeError(f"{path}: not a valid Neo metadata file: {e}") from e
     return NeoMetadata(inputs=inputs, outputs=outputs, mcpu=mcpu, raw=raw)
-
-
-def host_machine() -> str:
-    machine = platform.machine().lower()
-    return _HOST_NAMES.get(machine, machine)
 
 
 def check_library(path: Path, host: str | None = None) -> None:
