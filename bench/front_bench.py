@@ -30,10 +30,11 @@ the machine was (/proc/stat).
 No CPU pinning: the front (a thread of this process), the capture writer thread, nginx, the gunicorn workers
 and wrk share the machine's CPUs as they would in `smbyoc local-serve`. With --pin instead (what the front costs
 when it does not compete with the container for CPUs, as on SageMaker, where the platform's front runs elsewhere):
-only the container and front paths, endpoint B's container (nginx, workers) pinned to the last CPU, the fronts'
-threads and wrk to the others. --clients: no wrk; each client alone (the upstream pool, aiohttp's, a bare Protocol
-that only counts bytes) making sequential calls to B's container from 1 and 8 tasks in this thread, CPU per call
-from getrusage(RUSAGE_THREAD).
+every production container (nginx, workers; docker mode: the container's cpuset) pinned to the last CPU, the bench
+process's threads (the fronts, the capture writer), wrk and the shadow variant's containers (at their nice value or
+CPU shares) to the others (docker-proxy, in the published port's path, is not pinned). --clients: no wrk; each
+client alone (the upstream pool, aiohttp's, a bare Protocol that only counts bytes) making sequential calls
+to B's container from 1 and 8 tasks in this thread, CPU per call from getrusage(RUSAGE_THREAD).
 
     scripts/setup-bench-tools       # wrk
     PATH=/usr/sbin:$PATH .venv/bin/python bench/front_bench.py [--reps 5 --duration 5] [--pin]
@@ -67,7 +68,11 @@ from smbyoc.serving.ports import free_port
 
 JSON = "application/json"
 BODY = b'{"instances": [[21.5, 0.8, 1012.0, 3.2, 45.0, 0.1, 12.0, 0.5]]}'
-PATHS = ("container", "front", "front-asyncio", "front-aiohttp", "front-null", "capture", "shadow")
+PATHS = ("container", "container-network", "front", "front-published", "front-asyncio", "front-aiohttp", "front-null",
+         "capture", "shadow")
+#: Paths only docker mode has: B's container at its Docker network address, and a front reaching it through its
+#: published port (docker-proxy), the route the front took before HostingOptions.container_route.
+DOCKER_PATHS = ("container-network", "front-published")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -245,10 +250,12 @@ def document(name: str, model_tar: Path, *, capture: Path | None = None, shadow:
                 "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}}}]}
 
 
-def start_endpoint(doc: dict[str, Any], work: Path, **options: Any) -> HostedEndpoint:
+def start_endpoint(doc: dict[str, Any], work: Path, mode: str = "process", client: Any = None,
+                   **options: Any) -> HostedEndpoint:
     definition = parse_endpoint_config(doc, source=str(work / f"{doc['EndpointName']}.json"), base_dir=work)
-    endpoint = HostedEndpoint(definition, HostingOptions(mode="process", port=free_port(), seed=1,
-                                                         require_nginx=True, **options), sink=lambda line: None)
+    endpoint = HostedEndpoint(definition, HostingOptions(mode=mode, port=free_port(), seed=1,
+                                                         require_nginx=mode == "process", **options),
+                              client=client, sink=lambda line: None)
     endpoint.start()
     return endpoint
 
@@ -323,18 +330,40 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def pin(endpoint: HostedEndpoint, front_tids: list[int]) -> None:
-    """Endpoint's container tree (every thread) on the last CPU; the fronts' threads and this process's main thread
-    (so wrk, its child) on the others."""
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` and its descendants on ``cpus``."""
+    for process in tree(pid):
+        try:
+            for task in Path(f"/proc/{process}/task").iterdir():
+                os.sched_setaffinity(int(task.name), cpus)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+
+
+def pin(endpoints: list[HostedEndpoint]) -> None:
+    """SageMaker's topology on this machine's CPUs: every production instance (nginx, workers) on the last CPU, as
+    on a model instance of its own; the platform's side (every thread of this process: the fronts, the capture
+    writer, the shadow senders; wrk, started from this process; the shadow variant's instances, which SageMaker
+    runs on instances of their own, at their nice value) on the others."""
     cpus = sorted(os.sched_getaffinity(0))
     container, rest = {cpus[-1]}, set(cpus[:-1])
-    for pid in tree(endpoint.instances[0].handle.process.pid):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            os.sched_setaffinity(int(task.name), container)
-    for tid in front_tids:
-        os.sched_setaffinity(tid, rest)
-    os.sched_setaffinity(0, rest)
-    print(f"pinned: container tree on CPU {cpus[-1]}, front thread and wrk on CPU {sorted(rest)}")
+    placed = {"production": 0, "shadow": 0}
+    for endpoint in endpoints:
+        assert endpoint.router is not None
+        shadow = endpoint.router.shadow
+        shadow_names = {i.name for i in shadow.instances} if shadow is not None else set()
+        for instance in endpoint.instances:
+            is_shadow = instance.name in shadow_names
+            where = rest if is_shadow else container
+            if getattr(instance.handle, "container", None) is not None:  # docker mode: the container's cpuset
+                instance.handle.container.update(cpuset_cpus=",".join(map(str, sorted(where))))
+            else:
+                pin_tree(instance.handle.process.pid, where)
+            placed["shadow" if is_shadow else "production"] += 1
+    for task in Path("/proc/self/task").iterdir():
+        os.sched_setaffinity(int(task.name), rest)
+    print(f"pinned: {placed['production']} production instances on CPU {cpus[-1]}; the fronts, the capture writer, "
+          f"{placed['shadow']} shadow instance(s) and wrk on CPU {sorted(rest)}")
 
 
 def med(rounds: list[dict[str, dict[str, Any]]], path: str, key: str) -> float:
@@ -359,7 +388,9 @@ def report(rounds: list[dict[str, dict[str, Any]]], extra: dict[str, Any]) -> st
         return [fn(r) for r in rounds]
 
     def fmt(values: list[float], unit: str = "") -> str:
-        return f"**{statistics.median(values):.3f}{unit}** (rounds: {', '.join(f'{v:.3f}' for v in values)})"
+        q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
+        return (f"**{statistics.median(values):.3f}{unit}** (quartiles {q1:.3f} / {q3:.3f}; rounds: "
+                f"{', '.join(f'{v:.3f}' for v in values)})")
 
     def lost(path: str) -> list[float]:
         return per_round(lambda r: 1 - r[path]["rps"] / r["container"]["rps"])
@@ -368,21 +399,32 @@ def report(rounds: list[dict[str, dict[str, Any]]], extra: dict[str, Any]) -> st
         return per_round(lambda r: r[path]["p99"] - r["container"]["p99"])
 
     def met(values: list[float], limit: float) -> str:
-        return "yes" if statistics.median(values) <= limit else "NO"
+        return "yes" if abs(statistics.median(values)) <= limit else "NO"
 
-    shadow_p99 = per_round(lambda r: r["shadow"]["p99"] / r["front"]["p99"] - 1)
-    lines += ["", "| target | measured (median of per-round values) | target | met |", "|---|---|---|---|",
-              f"| front: req/s lost vs container | {fmt(lost('front'))} | ≤ 0.15 | {met(lost('front'), 0.15)} |",
-              f"| front: p99 added, ms | {fmt(added('front'))} | ≤ 1 | {met(added('front'), 1)} |",
-              f"| capture 100 %: req/s lost vs container | {fmt(lost('capture'))} | ≤ 0.25 | "
-              f"{met(lost('capture'), 0.25)} |",
-              f"| capture 100 %: p99 added, ms | {fmt(added('capture'))} | - | - |",
-              f"| shadow 100 %: production p99 change vs front | {fmt(shadow_p99)} | ≤ 0.10 | "
-              f"{'yes' if abs(statistics.median(shadow_p99)) <= 0.10 else 'NO'} |"]
-    for path in ("front-asyncio", "front-aiohttp"):
+    measured = set(rounds[0])
+    lines += ["", "| target | measured (median of per-round values) | target | met |", "|---|---|---|---|"]
+    if {"container", "front"} <= measured:
+        lines += [f"| front: req/s lost vs container | {fmt(lost('front'))} | ≤ 0.15 | {met(lost('front'), 0.15)} |",
+                  f"| front: p99 added, ms | {fmt(added('front'))} | ≤ 1 | {met(added('front'), 1)} |"]
+    if {"container", "capture"} <= measured:
+        lines += [f"| capture 100 %: req/s lost vs container | {fmt(lost('capture'))} | ≤ 0.25 | "
+                  f"{met(lost('capture'), 0.25)} |",
+                  f"| capture 100 %: p99 added, ms | {fmt(added('capture'))} | - | - |"]
+    if {"front", "shadow"} <= measured:
+        shadow_p99 = per_round(lambda r: r["shadow"]["p99"] / r["front"]["p99"] - 1)
+        shadow_rps = per_round(lambda r: r["shadow"]["rps"] / r["front"]["rps"] - 1)
+        lines += [f"| shadow 100 %: production p99 change vs front | {fmt(shadow_p99)} | ≤ 0.10 | "
+                  f"{met(shadow_p99, 0.10)} |",
+                  f"| shadow 100 %: production req/s change vs front | {fmt(shadow_rps)} | - | - |"]
+    for path in [p for p in ("front-published", "front-asyncio", "front-aiohttp", "container-network")
+                 if p in measured and "container" in measured]:
         lines += [f"| ({path}) req/s lost vs container | {fmt(lost(path))} | - | - |",
                   f"| ({path}) p99 added, ms | {fmt(added(path))} | - | - |"]
-    writer = [r["capture"]["writer_us"] for r in rounds if r["capture"].get("writer_us") is not None]
+    if {"front", "container-network"} <= measured:
+        lines += [f"| (front) req/s lost vs container-network | "
+                  f"{fmt(per_round(lambda r: 1 - r['front']['rps'] / r['container-network']['rps']))} | - | - |"]
+    writer = [r["capture"]["writer_us"] for r in rounds
+              if "capture" in r and r["capture"].get("writer_us") is not None]
     lines += ["", f"shadow copies: {extra['shadow']}; capture: {extra['capture']}; capture writer thread "
               f"{statistics.median(writer) if writer else float('nan'):.0f} µs CPU/request; event loops: "
               f"{extra['loops']}"]
@@ -393,16 +435,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured wrk run")
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--paths", nargs="+", choices=PATHS,
+                        help="default: every path of the mode (docker mode adds container-network and "
+                             "front-published)")
+    parser.add_argument("--mode", choices=("process", "docker"), default="process",
+                        help="process: each instance a local serve; docker: a smbyoc/serve:cpu container")
     parser.add_argument("--out", type=Path, help="write the raw results (JSON) here")
-    parser.add_argument("--pin", action="store_true", help="container on the last CPU, front and wrk on the others")
+    parser.add_argument("--pin", action="store_true",
+                        help="production containers on the last CPU; fronts, wrk, capture writer and shadow "
+                             "containers on the others")
     parser.add_argument("--clients", action="store_true",
                         help="only the clients alone: CPU per call against endpoint B's container, then exit")
     parser.add_argument("--shadow-nice", type=int, default=HostingOptions.shadow_nice,
                         help="nice value of the shadow variant's processes (HostingOptions.shadow_nice; 0: as "
                              "production)")
     args = parser.parse_args()
-    for tool in ("wrk", "nginx"):
+    docker = args.mode == "docker"
+    if args.paths is None:
+        args.paths = [p for p in PATHS if docker or p not in DOCKER_PATHS]
+    elif not docker and set(args.paths) & set(DOCKER_PATHS):
+        sys.exit(f"{', '.join(sorted(set(args.paths) & set(DOCKER_PATHS)))}: only with --mode docker")
+    if docker and args.clients:
+        sys.exit("--clients: only with --mode process")
+    for tool in ("wrk", *(() if docker else ("nginx",))):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not on PATH (scripts/setup-bench-tools; PATH=/usr/sbin:$PATH for nginx)")
     from smbyoc.emulator.default_model import default_model
@@ -413,29 +468,41 @@ def main() -> int:
     fronts: list[Front] = []
     print(f"start {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC, load average "
           f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}, model {model_tar}", flush=True)
+    client = None
+    if docker:
+        from smbyoc.docker.client import get_client
+
+        client = get_client()
     try:
-        b = start_endpoint(document("bench-b", model_tar), work)
+        b = start_endpoint(document("bench-b", model_tar), work, args.mode, client)
         endpoints.append(b)
-        c = start_endpoint(document("bench-c", model_tar, capture=work / "capture"), work)
+        c = start_endpoint(document("bench-c", model_tar, capture=work / "capture"), work, args.mode, client)
         endpoints.append(c)
-        d = start_endpoint(document("bench-d", model_tar, shadow=True), work, shadow_nice=args.shadow_nice)
+        d = start_endpoint(document("bench-d", model_tar, shadow=True), work, args.mode, client,
+                           shadow_nice=args.shadow_nice)
         endpoints.append(d)
-        container_url = b.instances[0].handle.url
+        container_url = b.instances[0].handle.url  # (docker: the published port)
+        network_url = b.instances[0].router.url.removesuffix("/invocations")  # the route B's front takes
+        if docker and network_url == container_url:
+            sys.exit("the front reaches the container through its published port: no network route here")
         expected = invoke(container_url + "/invocations")
         if args.clients:
             clients(container_url + "/invocations", reps=args.reps)
             return 0
 
-        def one_instance(name: str) -> EndpointRouter:
-            return EndpointRouter([Variant("AllTraffic", [Instance(name, ContainerRouter(container_url),
+        def one_instance(name: str, url: str = network_url) -> EndpointRouter:
+            return EndpointRouter([Variant("AllTraffic", [Instance(name, ContainerRouter(url),
                                                                    b.instances[0].handle)])])
 
         fronts.append(front_with(one_instance("asyncio-1"), "bench-b", event_loop="asyncio"))
         fronts.append(front_with(one_instance("aiohttp-1"), "bench-b", AiohttpFront, event_loop="asyncio"))
         fronts.append(front_with(NullRouter(expected), "bench-b"))
+        fronts.append(front_with(one_instance("published-1", container_url), "bench-b"))
         assert b.front is not None and c.front is not None and d.front is not None
         targets: dict[str, tuple[str, int]] = {
             "container": (container_url + "/invocations", 0),
+            "container-network": (network_url + "/invocations", 0),
+            "front-published": (f"{fronts[3].url}/endpoints/bench-b/invocations", front_thread(fronts[3])),
             "front": (f"{b.url}/endpoints/bench-b/invocations", front_thread(b.front)),
             "front-asyncio": (f"{fronts[0].url}/endpoints/bench-b/invocations", front_thread(fronts[0])),
             "front-aiohttp": (f"{fronts[1].url}/endpoints/bench-b/invocations", front_thread(fronts[1])),
@@ -446,13 +513,14 @@ def main() -> int:
         loops = {"front": b.front.loop_name, "front-asyncio": fronts[0].loop_name,
                  "front-aiohttp": fronts[1].loop_name}
         for path, (url, _) in targets.items():
+            if path not in args.paths:
+                continue
             answer = invoke(url)
             if json.loads(answer) != json.loads(expected):
                 raise RuntimeError(f"{path} answered {answer[:300]!r}, expected {expected[:300]!r}")
         script = lua(work / "post.lua")
         if args.pin:
-            pin(b, [front_thread(b.front), front_thread(fronts[0]), front_thread(fronts[1])])
-            args.paths = ["container", "front", "front-asyncio", "front-aiohttp"]
+            pin(endpoints)
         rounds: list[dict[str, dict[str, Any]]] = []
         paths = [p for p in PATHS if p in args.paths]
         assert d.router is not None and c.capture is not None
@@ -478,18 +546,7 @@ def main() -> int:
                  "loops": loops, "shadow_nice": args.shadow_nice}
         print(f"\nend {datetime.datetime.now(datetime.timezone.utc):%H:%M:%S} UTC, load average "
               f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}\n")
-        if set(PATHS) <= set(paths):
-            print(report(rounds, extra))
-        else:
-            for path in paths:
-                print(f"{path}: {med(rounds, path, 'rps'):,.0f} req/s, p50 {med(rounds, path, 'p50'):.2f} ms, "
-                      f"p99 {med(rounds, path, 'p99'):.2f} ms, busy {med(rounds, path, 'busy') * 100:.0f} %")
-            for path in [p for p in paths if p.startswith("front")]:
-                if "container" in paths:
-                    lost = [1 - r[path]["rps"] / r["container"]["rps"] for r in rounds]
-                    added = [r[path]["p99"] - r["container"]["p99"] for r in rounds]
-                    print(f"{path}: req/s lost {statistics.median(lost):.3f} ({', '.join(f'{v:.3f}' for v in lost)});"
-                          f" p99 added {statistics.median(added):.2f} ms ({', '.join(f'{v:.2f}' for v in added)})")
+        print(report(rounds, extra))
         if args.out:
             args.out.write_text(json.dumps({"rounds": rounds, "extra": extra}, indent=1))
     finally:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from helpers import free_port
-from mme_support import write_handler_model
+from mme_support import expected, write_handler_model
 from smbyoc.emulator.endpoint_config import parse_endpoint_config
 from smbyoc.emulator.hosted_endpoint import HostedEndpoint, HostingOptions
 from smbyoc.errors import ConfigError
@@ -49,14 +49,7 @@ def start(tmp: Path, client: Any = None, **options: Any) -> HostedEndpoint:
 def tree_nice(pid: int) -> tuple[set[int], int]:
     """The nice values of every thread of ``pid`` and its descendants (serve, gunicorn and nginx each start a
     session of their own), and how many processes that is."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(
-                    int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
+    children = _children()
     values, todo, processes = set(), [pid], 0
     while todo:
         process = todo.pop()
@@ -65,6 +58,29 @@ def tree_nice(pid: int) -> tuple[set[int], int]:
         for task in Path(f"/proc/{process}/task").iterdir():
             values.add(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
     return values, processes
+
+
+def autogroup_nice(pid: int) -> set[int]:
+    """The nice values of the autogroups (one per session) of ``pid``'s tree, except this process's session."""
+    values, todo, children = set(), [pid], _children()
+    while todo:
+        process = todo.pop()
+        todo += children.get(process, [])
+        if os.getsid(process) != os.getsid(0):
+            values.add(int(Path(f"/proc/{process}/autogroup").read_text().split()[-1]))
+    return values
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(
+                    int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return children
 
 
 def invoke(endpoint: HostedEndpoint) -> Any:
@@ -83,6 +99,11 @@ def test_shadow_processes_run_at_the_shadow_nice_value(tmp_path: Path, nice: int
         production, shadow = tree_nice(by_name["Production-1"]), tree_nice(by_name["Candidate-1"])
         assert production[0] == {base} and shadow[0] == {max(base, nice)}  # every thread of serve and children
         assert shadow[1] >= 3  # serve, gunicorn (master and a worker) and, with nginx on PATH, nginx
+        if Path("/proc/self/autogroup").exists():  # the kernel groups by session: nice counts only inside one
+            ours = Path("/proc/self/autogroup").read_text()
+            assert autogroup_nice(by_name["Candidate-1"]) == {nice}  # gunicorn's and nginx's sessions too
+            assert autogroup_nice(by_name["Production-1"]) == {0}
+            assert Path("/proc/self/autogroup").read_text() == ours  # never the caller's own session
         assert invoke(endpoint)  # production answers; the shadow still gets its copy
         router = endpoint.router
         assert router is not None
@@ -95,7 +116,7 @@ def test_shadow_processes_run_at_the_shadow_nice_value(tmp_path: Path, nice: int
 
 
 @pytest.mark.parametrize(("option", "value"), [("shadow_nice", 20), ("shadow_nice", -1), ("shadow_cpu_shares", 1),
-                                               ("front_event_loop", "trio")])
+                                               ("front_event_loop", "trio"), ("container_route", "bridge")])
 def test_bad_hosting_options_name_the_option(option: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=option):
         HostingOptions(**{option: value})
@@ -116,3 +137,67 @@ def test_shadow_containers_get_low_cpu_shares(tmp_path: Path, docker_client: Any
         assert invoke(endpoint)
     finally:
         endpoint.close()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("route", ["network", "published"])
+def test_the_front_reaches_docker_containers_at_their_network_address(tmp_path: Path, docker_client: Any,
+                                                                      route: str) -> None:
+    """As SageMaker's front reaches an instance over the network: the container's bridge address (routed from the
+    host on Linux), not its published port, which docker-proxy serves with a user-space copy of every byte."""
+    from smbyoc.images.defaults import ensure_default_image
+
+    image = ensure_default_image(docker_client, "serve")
+    endpoint = start(tmp_path, docker_client, mode="docker", image=image, container_route=route)
+    try:
+        for instance in endpoint.instances:
+            instance.handle.container.reload()
+            addresses = [n["IPAddress"] for n in instance.handle.container.attrs["NetworkSettings"]["Networks"]
+                         .values() if n.get("IPAddress")]
+            wanted = f"http://{addresses[0]}:8080" if route == "network" else instance.handle.url
+            assert instance.router.url == wanted + "/invocations"
+        for _ in range(2):
+            assert invoke(endpoint) == expected("prod", 1.0, 0.0, [1])
+        router = endpoint.router
+        assert router is not None
+        deadline = time.monotonic() + 30
+        while router.shadow_stats.sent < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert router.shadow_stats.sent == 2 and router.shadow_stats.failed == 0
+    finally:
+        endpoint.close()
+
+
+class _Container:
+    """Argument shapes of docker-py's Container for DockerEndpoint.network_url."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.attrs = {"NetworkSettings": {"Networks": {f"net{i}": {"IPAddress": a} for i, a in enumerate(addresses)}}}
+
+    def reload(self) -> None:
+        pass
+
+
+def test_network_url_falls_back_when_the_address_cannot_be_reached(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    import socket
+
+    from smbyoc.emulator import endpoint as endpoint_module
+    from smbyoc.emulator.endpoint import DockerEndpoint, EndpointSpec
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setattr(endpoint_module, "CONTAINER_PORT", listening.getsockname()[1])
+        handle = DockerEndpoint(EndpointSpec(None, port=free_port()), client=None, image="x", sink=None,
+                                root=tmp_path / "endpoint")  # (a member's tree: nothing registered)
+        handle.container = _Container([])
+        assert handle.network_url() is None  # no address (e.g. --network none)
+        handle.container = _Container(["127.0.0.1"])
+        assert handle.network_url() == f"http://127.0.0.1:{listening.getsockname()[1]}"
+        handle.container = _Container(["", "127.0.0.1"])  # the first network without an address
+        assert handle.network_url() == f"http://127.0.0.1:{listening.getsockname()[1]}"
+    handle.container = _Container(["127.0.0.1"])  # nothing listens there any more: the published port it is
+    assert handle.network_url() is None
+    handle.container = None
+    assert handle.network_url() is None

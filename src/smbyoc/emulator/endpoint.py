@@ -375,6 +375,34 @@ class DockerEndpoint(Endpoint):
             self.container.start()
         containers.stream_logs(self.container, "endpoint", lambda _host, line: self.tail(line))
 
+    def network_url(self, timeout: float = 0.5) -> str | None:
+        """``http://ADDRESS:8080``, the container's address on its Docker network, when this machine can connect to
+        it (Linux: a bridge network is routed from the host), as SageMaker's front reaches an instance; None when
+        it cannot (Docker Desktop's VM, rootless Docker's namespace) or the container has no address: then only the
+        published port reaches it."""
+        if self.container is None:
+            return None
+        import socket
+
+        try:
+            self.container.reload()
+            networks = (self.container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        except Exception as e:
+            log.debug("endpoint container's networks: %s", e)
+            return None
+        for network in networks.values():
+            address = (network or {}).get("IPAddress")
+            if not address:
+                continue
+            try:
+                socket.create_connection((address, CONTAINER_PORT), timeout=timeout).close()
+            except OSError as e:
+                log.debug("container address %s:%d unreachable from here (%s): the published port it is", address,
+                          CONTAINER_PORT, e)
+                continue
+            return f"http://{address}:{CONTAINER_PORT}"
+        return None
+
     def _exit_reason(self) -> str | None:
         if self.container is None:
             return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -79,7 +80,13 @@ class ContainerRouter:
 
 def lower_priority(pid: int, nice: int) -> None:
     """Every thread of process ``pid`` and of its descendants at ``nice`` (on Linux a nice value is a thread's:
-    threads and processes started later inherit their parent's). Without /proc, the process alone."""
+    threads and processes started later inherit their parent's). Without /proc, the process alone.
+
+    With the kernel's autogroup scheduling (``CONFIG_SCHED_AUTOGROUP``, on in Debian's and Ubuntu's kernels), a
+    thread's nice value only weighs against threads of its own session: every session is a scheduling group with
+    a weight of its own, so nginx and gunicorn (each starts a session) at nice 19 still got as much CPU as the
+    production variant's nginx and gunicorn (measured: production's requests/s halved by a shadow at "nice 19").
+    So the autogroup of every session of the tree other than ours is set to ``nice`` too."""
     proc = Path("/proc")
     if not (proc / str(pid) / "task").is_dir():
         os.setpriority(os.PRIO_PROCESS, pid, nice)
@@ -92,17 +99,34 @@ def lower_priority(pid: int, nice: int) -> None:
             except (OSError, IndexError, ValueError):
                 continue  # (gone meanwhile)
             children.setdefault(parent, []).append(int(entry.name))
+    ours, groups = os.getsid(0), set()
     todo = [pid]
     while todo:
         process = todo.pop()
         todo += children.get(process, [])
         try:
             threads = [int(task.name) for task in (proc / str(process) / "task").iterdir()]
+            session = os.getsid(process)
         except OSError:
             continue
         for thread in threads:
             with contextlib.suppress(ProcessLookupError):
                 os.setpriority(os.PRIO_PROCESS, thread, nice)
+        if session != ours and session not in groups:
+            groups.add(session)
+            _autogroup_nice(proc / str(process) / "autogroup", nice)
+
+
+def _autogroup_nice(path: Path, nice: int) -> None:
+    """Set the nice value of the autogroup ``path`` (``/proc/PID/autogroup``) belongs to; nothing where the kernel
+    has no autogroups (no such file) or the process is gone."""
+    try:
+        path.write_text(f"{nice}\n")
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno not in (errno.ESRCH, errno.ENOENT):
+            raise
 
 
 def _leaf_endpoints(handle: Any) -> list[Endpoint]:
@@ -133,6 +157,9 @@ class AsyncOnlyRouter:
 
     async def close(self) -> None:
         await self.router.close()
+
+
+CONTAINER_ROUTES = ("network", "published")
 
 
 @dataclass(frozen=True)
@@ -168,6 +195,11 @@ class HostingOptions:
     shadow_cpu_shares: int = 2
     #: The front's event loop: ``auto`` (uvloop when installed), ``asyncio`` or ``uvloop``; None: the front's default.
     front_event_loop: str | None = None
+    #: Docker mode, how the front reaches a container: ``network`` (its address on the Docker network, as
+    #: SageMaker's front reaches an instance, when this machine can connect to it: Linux's bridge networks; else the
+    #: published port), or ``published`` (always its 127.0.0.1 port, through the engine's docker-proxy, which costs
+    #: a user-space copy of every request and answer: ≈40 % of the container's requests/s, bench/README.md).
+    container_route: str = "network"
     #: Asynchronous endpoints: the S3 endpoint (``--endpoint-url``) for s3:// output, failure and input locations;
     #: None: botocore's own (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, else AWS).
     s3_endpoint_url: str | None = None
@@ -177,6 +209,9 @@ class HostingOptions:
             raise ConfigError(f"must be 0-19, not {self.shadow_nice!r}", key="shadow_nice")
         if self.shadow_cpu_shares != 0 and not 2 <= self.shadow_cpu_shares <= 262144:
             raise ConfigError(f"must be 0 or 2-262144, not {self.shadow_cpu_shares!r}", key="shadow_cpu_shares")
+        if self.container_route not in CONTAINER_ROUTES:
+            raise ConfigError(f"must be one of {', '.join(CONTAINER_ROUTES)}, not {self.container_route!r}",
+                              key="container_route")
         if self.front_event_loop is not None and self.front_event_loop not in EVENT_LOOPS:
             raise ConfigError(f"must be one of {', '.join(EVENT_LOOPS)}, not {self.front_event_loop!r}",
                               key="front_event_loop")
@@ -378,7 +413,11 @@ class HostedEndpoint:
         else:
             handle = DockerEndpoint(spec, self.client, container.image, sink, user=self.options.user)
         self._start_handle(name, handle.start, handle.close)
-        return Instance(name, ContainerRouter(handle.url), handle)
+        url = handle.url
+        if isinstance(handle, DockerEndpoint) and self.options.container_route == "network":
+            url = handle.network_url() or url
+        log.debug("instance %s: the front calls %s", name, url)
+        return Instance(name, ContainerRouter(url), handle)
 
     def _multi_model_instance(self, name: str, container: Container, instance_type: str, timeout: float,
                               sink: Callable[[str], None]) -> Instance:
@@ -393,7 +432,8 @@ class HostedEndpoint:
         docker = self.options.mode == "docker"
         handle = MultiModelEndpoint(spec, client=self.client if docker else None,
                                     image=container.image if docker else None, sink=sink, user=self.options.user,
-                                    require_nginx=self.options.require_nginx)
+                                    require_nginx=self.options.require_nginx,
+                                    container_route=self.options.container_route)
         self._start_handle(name, lambda: handle.start(with_front=False), handle.close)
         return Instance(name, handle.router, handle)
 

@@ -329,7 +329,8 @@ class MultiModelEndpoint:
     kind = "multi-model"
 
     def __init__(self, spec: MultiModelSpec, *, client: Any = None, image: str | None = None,
-                 sink: LineSink | None = _print_line, user: str | None = None, require_nginx: bool = False) -> None:
+                 sink: LineSink | None = _print_line, user: str | None = None, require_nginx: bool = False,
+                 container_route: str = "network") -> None:
         self.spec = spec
         self.source = ModelSource(spec.models)
         inner = replace(spec.endpoint, model_data=None, port=free_port(), bind_address="127.0.0.1",
@@ -344,6 +345,7 @@ class MultiModelEndpoint:
             container_models = str(self.container.root / "models")
         cache = self.container.root / "models"
         cache.mkdir(mode=0o755, exist_ok=True)
+        self.container_route = container_route
         self.router = MultiModelRouter(self.source, self.container.url, cache,
                                        container_models_dir=container_models,
                                        invocation_timeout=spec.invocation_timeout, load_timeout=spec.load_timeout,
@@ -364,6 +366,9 @@ class MultiModelEndpoint:
         instance, whose :attr:`router` the endpoint's own front calls)."""
         try:
             self.startup_seconds = self.container.start()
+            if isinstance(self.container, DockerEndpoint) and self.container_route == "network":
+                # (HostingOptions.container_route: the container's network address rather than docker-proxy's)
+                self.router.container_url = self.container.network_url() or self.router.container_url
             if with_front:
                 self.front.start()
         except BaseException:
