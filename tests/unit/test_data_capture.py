@@ -590,3 +590,29 @@ def test_the_tree_scan_separates_records_unfinished_and_foreign_files(tmp_path: 
     assert [(e, v) for e, v, _ in scan_capture_tree(root / "ep" / "AllTraffic").files] == [("ep", "AllTraffic")]
     with pytest.raises(ConfigError, match="is not a directory"):
         scan_capture_tree(hour / tree.files[0][2].name)
+
+
+def test_the_writer_lets_go_of_the_gil_between_chunks_of_a_batch(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch is encoded in chunks with a short sleep between them, so that the front's thread, which shares the GIL
+    with the writer, never waits out a whole batch (up to the interpreter's 5 ms switch interval)."""
+    from types import SimpleNamespace
+
+    from smbyoc.emulator.capture import writer as writer_module
+
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(writer_module, "time", SimpleNamespace(**{**vars(time), "sleep": sleep}))
+    monkeypatch.setattr(writer_module, "BATCH_SECONDS", 5.0)  # one batch: the 256th record wakes the writer
+    with CaptureWriter(config(tmp_path), "ep") as writer:
+        for _ in range(writer_module.BATCH_RECORDS):
+            assert invoke(writer)
+        assert writer.flush()
+        written = writer.stats.written
+    assert written == writer_module.BATCH_RECORDS
+    chunks = [n for n in naps if n == writer_module.YIELD_SECONDS]
+    assert len(chunks) == writer_module.BATCH_RECORDS // writer_module.YIELD_EVERY
