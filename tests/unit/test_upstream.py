@@ -612,3 +612,32 @@ def test_headers_mapping() -> None:
     assert headers["content-type"] == "a" and headers.get("X-MULTI") == "1, 2"
     assert list(headers) == ["Content-Type", "X-Multi"] and len(headers) == 2
     assert headers.get_all("x-multi") == ["1", "2"] and headers.get("missing") is None
+
+
+def test_a_request_under_64_kib_goes_out_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Head and body in one ``send()`` (one segment, one wakeup of the container's nginx); a larger body is written
+    after the head as it is, not copied into it. Counted on asyncio's own transport, whose ``write`` is Python."""
+    from asyncio import selector_events
+
+    writes: list[int] = []
+    original = selector_events._SelectorSocketTransport.write
+    ports: list[int] = []
+
+    def write(self: Any, data: Any) -> None:
+        if self.get_extra_info("peername")[1] in ports:  # the client's side only (the server shares the loop)
+            writes.append(len(data))
+        original(self, data)
+
+    async def main() -> None:
+        async with AppServer() as server, pool_of() as pool:
+            ports.append(server.port)
+            monkeypatch.setattr(selector_events._SelectorSocketTransport, "write", write)
+            for size in (1, 1024, 65535, 65536, 300_000):
+                del writes[:]
+                body = b"x" * size
+                status, _, answer = await pool.request("POST", server.url("/echo"), body,
+                                                       {"Content-Type": "text/csv"}, timeout=10)
+                assert (status, answer) == (200, body)
+                assert len(writes) == (1 if size < 65536 else 2) and writes[-1] >= size, (size, writes)
+
+    asyncio.run(main())
