@@ -178,6 +178,11 @@ class Endpoint:
     def url(self) -> str:
         return self.spec.url
 
+    def front_url(self, route: str = "network") -> str:
+        """Where an endpoint front calls this server (``route``: ``HostingOptions.container_route``); a local
+        process has one address."""
+        return self.url
+
     def launch(self) -> None:
         """Put the model in place and start the server, without waiting for /ping."""
         prepare_model_dir(self.spec.model_data, self.model_dir)
@@ -374,6 +379,11 @@ class DockerEndpoint(Endpoint):
             self.container = self.client.containers.create(**self.container_args())
             self.container.start()
         containers.stream_logs(self.container, "endpoint", lambda _host, line: self.tail(line))
+
+    def front_url(self, route: str = "network") -> str:
+        """``network``: the container's network address when this machine reaches it, else the published port;
+        ``published``: the published port (through docker-proxy)."""
+        return (self.network_url() if route == "network" else None) or self.url
 
     def network_url(self, timeout: float = 0.5) -> str | None:
         """``http://ADDRESS:8080``, the container's address on its Docker network, when this machine can connect to

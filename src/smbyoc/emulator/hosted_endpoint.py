@@ -289,7 +289,6 @@ class HostedEndpoint:
     def _start_front(self, router: Router, attempts: int = 3) -> None:
         """Start the front on ``options.port``; a freely chosen port taken meanwhile is chosen again."""
         import dataclasses
-        import errno
 
         for attempt in range(attempts):
             self.front = Front(router, host=self.options.bind_address, port=self.options.port,
@@ -413,9 +412,7 @@ class HostedEndpoint:
         else:
             handle = DockerEndpoint(spec, self.client, container.image, sink, user=self.options.user)
         self._start_handle(name, handle.start, handle.close)
-        url = handle.url
-        if isinstance(handle, DockerEndpoint) and self.options.container_route == "network":
-            url = handle.network_url() or url
+        url = handle.front_url(self.options.container_route)
         log.debug("instance %s: the front calls %s", name, url)
         return Instance(name, ContainerRouter(url), handle)
 

@@ -366,9 +366,7 @@ class MultiModelEndpoint:
         instance, whose :attr:`router` the endpoint's own front calls)."""
         try:
             self.startup_seconds = self.container.start()
-            if isinstance(self.container, DockerEndpoint) and self.container_route == "network":
-                # (HostingOptions.container_route: the container's network address rather than docker-proxy's)
-                self.router.container_url = self.container.network_url() or self.router.container_url
+            self.router.container_url = self.container.front_url(self.container_route)
             if with_front:
                 self.front.start()
         except BaseException:
