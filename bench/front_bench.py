@@ -16,6 +16,9 @@ Paths (the endpoints are started once and kept for all rounds):
 * front-aiohttp: the same, with aiohttp's server (aiohttp.web, one catch-all route handing each request to the
   same Front.handle) instead of smbyoc's, on asyncio's loop: the server the front had before (bench only);
 * front-null: a front whose router answers from memory (the front's own ceiling, no upstream call);
+* nginx-proxy: the reference, a C proxy on the same route: nginx (one worker) proxying
+  /endpoints/B/invocations to B's container (the address the front calls) over kept-alive connections, adding the
+  invoked-variant header and nothing else (no capture, shadow or error reshaping): what any hop costs here;
 * capture: endpoint C, like B with DataCaptureConfig at 100 % (Input and Output, JSON captured as text);
 * shadow: endpoint D, one production and one shadow variant, shadow weight = production weight (every call
   copied; the shadow's processes at HostedEndpoint's default nice 19, --shadow-nice to change it); the
@@ -43,11 +46,13 @@ to B's container from 1 and 8 tasks in this thread, CPU per call from getrusage(
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,7 +74,7 @@ from smbyoc.serving.ports import free_port
 JSON = "application/json"
 BODY = b'{"instances": [[21.5, 0.8, 1012.0, 3.2, 45.0, 0.1, 12.0, 0.5]]}'
 PATHS = ("container", "container-network", "front", "front-published", "front-asyncio", "front-aiohttp", "front-null",
-         "capture", "shadow")
+         "nginx-proxy", "capture", "shadow")
 #: Paths only docker mode has: B's container at its Docker network address, and a front reaching it through its
 #: published port (docker-proxy), the route the front took before HostingOptions.container_route.
 DOCKER_PATHS = ("container-network", "front-published")
@@ -266,6 +271,46 @@ def front_with(router: Any, name: str, kind: type[Front] = Front, **kwargs: Any)
     return front
 
 
+def nginx_proxy(work: Path, upstream: str, name: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """The reference a front is measured against: nginx (C, one worker, as a local-serve container's) proxying
+    ``/endpoints/{name}/invocations`` to ``upstream`` (host:port) over kept-alive connections, adding the
+    invoked-variant header; no capture, no shadow, no error reshaping."""
+    port, root = free_port(), work / "nginx-proxy"
+    (root / "tmp").mkdir(parents=True)
+    conf = root / "nginx.conf"
+    conf.write_text(f"""worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/tmp; proxy_temp_path {root}/tmp; fastcgi_temp_path {root}/tmp;
+    uwsgi_temp_path {root}/tmp; scgi_temp_path {root}/tmp;
+    upstream model {{ server {upstream}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /endpoints/{name}/invocations {{
+            proxy_pass http://model/invocations;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            add_header X-Amzn-Invoked-Production-Variant AllTraffic;
+        }}
+    }}
+}}
+""")
+    process = subprocess.Popen(["nginx", "-c", str(conf), "-e", str(root / "error.log")])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            invoke(f"http://127.0.0.1:{port}/endpoints/{name}/invocations")
+            return f"http://127.0.0.1:{port}", process
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"nginx-proxy: no answer on port {port}: {(root / 'error.log').read_text()[-500:]}")
+
+
 def invoke(url: str) -> bytes:
     request = urllib.request.Request(url, data=BODY, method="POST", headers={"Content-Type": JSON, "Accept": JSON})
     with urllib.request.urlopen(request, timeout=30) as answer:
@@ -280,7 +325,15 @@ def lua(path: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------ measuring
 def thread_cpu(native_id: int) -> tuple[float, float]:
-    """User and system CPU seconds of a thread of this process."""
+    """User and system CPU seconds of a thread of this process, or (a negative id) of process ``-native_id`` and
+    its children (the nginx proxy's master and workers)."""
+    if native_id < 0:
+        user = system = 0.0
+        for pid in tree(-native_id):
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                user, system = user + int(fields[11]) / CLK_TCK, system + int(fields[12]) / CLK_TCK
+        return user, system
     fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
@@ -340,7 +393,7 @@ def pin_tree(pid: int, cpus: set[int]) -> None:
             continue
 
 
-def pin(endpoints: list[HostedEndpoint]) -> None:
+def pin(endpoints: list[HostedEndpoint], proxies: list[int]) -> None:
     """SageMaker's topology on this machine's CPUs: every production instance (nginx, workers) on the last CPU, as
     on a model instance of its own; the platform's side (every thread of this process: the fronts, the capture
     writer, the shadow senders; wrk, started from this process; the shadow variant's instances, which SageMaker
@@ -362,6 +415,8 @@ def pin(endpoints: list[HostedEndpoint]) -> None:
             placed["shadow" if is_shadow else "production"] += 1
     for task in Path("/proc/self/task").iterdir():
         os.sched_setaffinity(int(task.name), rest)
+    for pid in proxies:
+        pin_tree(pid, rest)
     print(f"pinned: {placed['production']} production instances on CPU {cpus[-1]}; the fronts, the capture writer, "
           f"{placed['shadow']} shadow instance(s) and wrk on CPU {sorted(rest)}")
 
@@ -416,7 +471,7 @@ def report(rounds: list[dict[str, dict[str, Any]]], extra: dict[str, Any]) -> st
         lines += [f"| shadow 100 %: production p99 change vs front | {fmt(shadow_p99)} | ≤ 0.10 | "
                   f"{met(shadow_p99, 0.10)} |",
                   f"| shadow 100 %: production req/s change vs front | {fmt(shadow_rps)} | - | - |"]
-    for path in [p for p in ("front-published", "front-asyncio", "front-aiohttp", "container-network")
+    for path in [p for p in ("front-published", "front-asyncio", "front-aiohttp", "nginx-proxy", "container-network")
                  if p in measured and "container" in measured]:
         lines += [f"| ({path}) req/s lost vs container | {fmt(lost(path))} | - | - |",
                   f"| ({path}) p99 added, ms | {fmt(added(path))} | - | - |"]
@@ -457,7 +512,7 @@ def main() -> int:
         sys.exit(f"{', '.join(sorted(set(args.paths) & set(DOCKER_PATHS)))}: only with --mode docker")
     if docker and args.clients:
         sys.exit("--clients: only with --mode process")
-    for tool in ("wrk", *(() if docker else ("nginx",))):
+    for tool in ("wrk", *(() if docker and "nginx-proxy" not in args.paths else ("nginx",))):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not on PATH (scripts/setup-bench-tools; PATH=/usr/sbin:$PATH for nginx)")
     from smbyoc.emulator.default_model import default_model
@@ -466,6 +521,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="front-bench-"))
     endpoints: list[HostedEndpoint] = []
     fronts: list[Front] = []
+    proxies: list[subprocess.Popen[bytes]] = []
     print(f"start {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC, load average "
           f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}, model {model_tar}", flush=True)
     client = None
@@ -498,6 +554,10 @@ def main() -> int:
         fronts.append(front_with(one_instance("aiohttp-1"), "bench-b", AiohttpFront, event_loop="asyncio"))
         fronts.append(front_with(NullRouter(expected), "bench-b"))
         fronts.append(front_with(one_instance("published-1", container_url), "bench-b"))
+        proxy_url = ""
+        if "nginx-proxy" in args.paths:
+            proxy_url, proxy = nginx_proxy(work, network_url.split("//", 1)[1], "bench-b")
+            proxies.append(proxy)
         assert b.front is not None and c.front is not None and d.front is not None
         targets: dict[str, tuple[str, int]] = {
             "container": (container_url + "/invocations", 0),
@@ -507,6 +567,7 @@ def main() -> int:
             "front-asyncio": (f"{fronts[0].url}/endpoints/bench-b/invocations", front_thread(fronts[0])),
             "front-aiohttp": (f"{fronts[1].url}/endpoints/bench-b/invocations", front_thread(fronts[1])),
             "front-null": (f"{fronts[2].url}/endpoints/bench-b/invocations", front_thread(fronts[2])),
+            "nginx-proxy": (f"{proxy_url}/endpoints/bench-b/invocations", -proxies[0].pid if proxies else 0),
             "capture": (f"{c.url}/endpoints/bench-c/invocations", front_thread(c.front)),
             "shadow": (f"{d.url}/endpoints/bench-d/invocations", front_thread(d.front)),
         }
@@ -520,7 +581,7 @@ def main() -> int:
                 raise RuntimeError(f"{path} answered {answer[:300]!r}, expected {expected[:300]!r}")
         script = lua(work / "post.lua")
         if args.pin:
-            pin(endpoints)
+            pin(endpoints, [proxy.pid for proxy in proxies])
         rounds: list[dict[str, dict[str, Any]]] = []
         paths = [p for p in PATHS if p in args.paths]
         assert d.router is not None and c.capture is not None
@@ -550,6 +611,9 @@ def main() -> int:
         if args.out:
             args.out.write_text(json.dumps({"rounds": rounds, "extra": extra}, indent=1))
     finally:
+        for proxy in proxies:
+            proxy.terminate()
+            proxy.wait(10)
         for front in fronts:
             front.stop()
         for endpoint in endpoints:

@@ -27,6 +27,28 @@ def cli_runner() -> Any:
     return CliRunner()
 
 
+def with_request_options(command: Any, kind: str, handler: Any) -> Any:
+    """``command`` (a click command carrying ``request_options(kind)``, as every command does) with a body that
+    runs ``handler`` (``maybe_print_or_submit_*``) as the command's body does first, then says ``LOCAL JOB``
+    instead of running the local job. Its parameters are the command's own, each once (click warns about a
+    parameter given twice)."""
+    import click
+
+    from smbyoc.cli import library_errors
+    from smbyoc.cli.request_options import request_options
+
+    @request_options(kind)  # type: ignore[arg-type]
+    def callback(**kwargs: Any) -> None:
+        assert not {"print_request", "submit", "role_arn"} & set(kwargs), "the request options reached the body"
+        if not handler():
+            click.echo("LOCAL JOB")
+
+    own = {param.name for param in command.params}
+    missing = [param for param in reversed(callback.__click_params__) if param.name not in own]
+    assert not missing, f"{command.name} lacks the {kind} request options {[p.name for p in missing]}"
+    return click.Command(command.name, params=list(command.params), callback=library_errors(callback))
+
+
 def run_on_front_loop(coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
     """Run ``coro`` to its end on a new event loop of the kind the endpoint front uses
     (``front.DEFAULT_EVENT_LOOP``, which the ``front_event_loop`` fixture sets), then cancel what it left running

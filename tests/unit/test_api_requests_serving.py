@@ -13,17 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 
-from helpers import cli_runner
+from helpers import cli_runner, with_request_options
 from smbyoc.api_requests.endpoint import endpoint_config_requests, model_endpoint_requests
 from smbyoc.api_requests.transform_job import transform_job_requests
-from smbyoc.cli import library_errors
 from smbyoc.cli.request_options import (
     maybe_print_or_submit_endpoint,
     maybe_print_or_submit_transform,
-    request_options,
 )
 from smbyoc.emulator.transform.spec import TransformJobSpec
 from smbyoc.errors import ConfigError
@@ -56,16 +53,6 @@ def error_of(call: Callable[[], object]) -> str:
     assert "\n" not in text and "Traceback" not in text
     return text
 
-
-def with_request_options(command: click.Command, kind: str, handler: Callable[[], bool]) -> click.Command:
-    """``command``'s own parameters plus the request options (decorator + handler, as the command takes them)."""
-    @request_options(kind)  # type: ignore[arg-type]
-    def callback(**kwargs: Any) -> None:
-        if not handler():
-            click.echo("LOCAL JOB")
-
-    params = [*command.params, *reversed(callback.__click_params__)]  # type: ignore[attr-defined]
-    return click.Command(command.name, params=params, callback=library_errors(callback))
 
 
 # ------------------------------------------------------------------------------------------------- transform

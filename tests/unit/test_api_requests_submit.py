@@ -9,21 +9,19 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import click
 import pytest
 
-from helpers import cli_runner
+from helpers import cli_runner, with_request_options
 from smbyoc.api_requests.calls import ApiRequests
 from smbyoc.api_requests.submit import Clients, LogTail, submit
-from smbyoc.cli import library_errors
 from smbyoc.cli.request_options import (
     maybe_print_or_submit_endpoint,
     maybe_print_or_submit_training,
     maybe_print_or_submit_transform,
-    request_options,
 )
 from smbyoc.errors import JobFailedError
 
@@ -33,15 +31,6 @@ ROLE = "arn:aws:iam::123456789012:role/SageMakerExecutionRole"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/my-algo:1"
 GROUP = "/aws/sagemaker/TrainingJobs"
 
-
-def with_request_options(command: click.Command, kind: str, handler: Callable[[], bool]) -> click.Command:
-    @request_options(kind)  # type: ignore[arg-type]
-    def callback(**kwargs: Any) -> None:
-        if not handler():
-            click.echo("LOCAL JOB")
-
-    params = [*command.params, *reversed(callback.__click_params__)]  # type: ignore[attr-defined]
-    return click.Command(command.name, params=params, callback=library_errors(callback))
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import pytest
 
-from helpers import cli_runner
+from helpers import cli_runner, with_request_options
 from smbyoc.api_requests.training_job import training_job_request, training_spec_for_request
 from smbyoc.api_requests.validate import check_request, request_problems
 from smbyoc.cli import library_errors
@@ -227,19 +227,6 @@ def test_unknown_and_missing_members_are_named_by_botocore_paths() -> None:
 
 # ----------------------------------------------------------------------------------------------- the CLI options
 
-
-def with_request_options(command: click.Command, kind: str, handler: Callable[[], bool]) -> click.Command:
-    """``command``'s own parameters plus the request options, as the command gets them (the decorator plus the
-    handler at the top of its body); the local job itself is not run here."""
-    @request_options(kind)  # type: ignore[arg-type]
-    def callback(**kwargs: Any) -> None:
-        assert not {"print_request", "submit", "role_arn"} & set(kwargs), "the request options reached the body"
-        if handler():
-            return
-        click.echo("LOCAL JOB")
-
-    params = [*command.params, *reversed(callback.__click_params__)]  # type: ignore[attr-defined]
-    return click.Command(command.name, params=params, callback=library_errors(callback))
 
 
 @pytest.fixture()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smbyoc.docker.client import translate_docker_errors
+from smbyoc.emulator.image_platform import ARCHITECTURES
 from smbyoc.emulator.instance_types import lookup
 from smbyoc.validate import secret_scan
 from smbyoc.validate.report import CheckResult, failed, not_applicable, passed
@@ -41,8 +42,6 @@ GRAVITON_FAMILIES = ("c6g", "c6gd", "c6gn", "c7g", "c8g", "m6g", "m6gd", "m8g", 
 SERVERLESS_MAX_IMAGE_BYTES = 10 * 1024**3
 #: ECR: "Maximum layer size: 52,000 MiB" (ECR service quotas).
 ECR_MAX_LAYER_BYTES = 52_000 * 1024**2
-#: Docker's names for the engine's machine architectures.
-ENGINE_ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 ACCEPT_BIND_TO_PORT_LABEL = "com.amazonaws.sagemaker.capabilities.accept-bind-to-port"
 SMBYOC_KIND_LABEL = "org.smbyoc.kind"
 _SHELLS = ("/bin/sh", "/bin/bash", "sh", "bash", "/bin/dash", "/usr/bin/env sh", "/bin/ash")
@@ -230,7 +229,7 @@ def check_secrets(facts: ImageFacts) -> CheckResult:
 def engine_arch(client: Any) -> str:
     with translate_docker_errors("ask the Docker Engine for its architecture"):
         arch = str(client.info().get("Architecture") or "")
-    return ENGINE_ARCHITECTURES.get(arch, arch)
+    return ARCHITECTURES.get(arch, arch)
 
 
 def cannot_run_here(facts: ImageFacts, engine: str) -> str | None:
