@@ -311,3 +311,18 @@ def test_unmodified_boto3_against_the_front(prefix: Path, tmp_path: Path, stand_
             client.invoke_endpoint(EndpointName="other", Body=b"x", TargetModel="a.tar.gz")
     finally:
         front.stop()
+
+
+def test_an_unknown_container_route_is_refused_before_anything_starts(
+        prefix: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from smbyoc.emulator import multi_model
+    from smbyoc.emulator.endpoint import EndpointSpec
+    from smbyoc.errors import ConfigError
+
+    def no_port() -> int:
+        raise AssertionError("a port was taken for an endpoint that was refused")
+
+    monkeypatch.setattr(multi_model, "free_port", no_port)
+    spec = multi_model.MultiModelSpec(EndpointSpec(model_data=None, port=free_port()), prefix)
+    with pytest.raises(ConfigError, match="container_route.*network, published, not 'bridge'"):
+        multi_model.MultiModelEndpoint(spec, container_route="bridge")

@@ -37,11 +37,19 @@ log = logging.getLogger(__name__)
 ENDPOINT_STOP_TIMEOUT = 30.0
 #: SageMaker: the container must pass /ping within 4 minutes (ContainerStartupHealthCheckTimeoutInSeconds).
 DEFAULT_STARTUP_HEALTH_TIMEOUT = 240.0
+#: How an endpoint front reaches a container (``HostingOptions.container_route``): at its address on the Docker
+#: network (the published port where the host cannot reach it), or always through the port published on 127.0.0.1.
+CONTAINER_ROUTES = ("network", "published")
 CONTAINER_PORT = 8080
 LOG_TAIL_LINES = 40
 
 LineSink = Callable[[str], None]
 
+
+def check_container_route(route: str) -> None:
+    """ConfigError naming ``container_route`` unless ``route`` is one of :data:`CONTAINER_ROUTES`."""
+    if route not in CONTAINER_ROUTES:
+        raise ConfigError(f"must be one of {', '.join(CONTAINER_ROUTES)}, not {route!r}", key="container_route")
 
 
 def prepare_model_dir(model_data: Path | None, target: Path) -> Path:

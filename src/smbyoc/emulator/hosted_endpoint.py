@@ -37,6 +37,7 @@ from smbyoc.emulator.endpoint import (
     ProcessEndpoint,
     _print_line,
     _Tail,
+    check_container_route,
 )
 from smbyoc.emulator.endpoint_config import Container, EndpointDefinition, Model
 from smbyoc.emulator.endpoint_config import Variant as VariantDefinition
@@ -159,9 +160,6 @@ class AsyncOnlyRouter:
         await self.router.close()
 
 
-CONTAINER_ROUTES = ("network", "published")
-
-
 @dataclass(frozen=True)
 class HostingOptions:
     """How the emulator runs the endpoint's containers (not part of the endpoint configuration)."""
@@ -209,9 +207,7 @@ class HostingOptions:
             raise ConfigError(f"must be 0-19, not {self.shadow_nice!r}", key="shadow_nice")
         if self.shadow_cpu_shares != 0 and not 2 <= self.shadow_cpu_shares <= 262144:
             raise ConfigError(f"must be 0 or 2-262144, not {self.shadow_cpu_shares!r}", key="shadow_cpu_shares")
-        if self.container_route not in CONTAINER_ROUTES:
-            raise ConfigError(f"must be one of {', '.join(CONTAINER_ROUTES)}, not {self.container_route!r}",
-                              key="container_route")
+        check_container_route(self.container_route)
         if self.front_event_loop is not None and self.front_event_loop not in EVENT_LOOPS:
             raise ConfigError(f"must be one of {', '.join(EVENT_LOOPS)}, not {self.front_event_loop!r}",
                               key="front_event_loop")

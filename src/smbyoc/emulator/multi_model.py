@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from smbyoc.archives import safe_extract
-from smbyoc.emulator.endpoint import DockerEndpoint, Endpoint, EndpointSpec, LineSink, ProcessEndpoint, _print_line
+from smbyoc.emulator.endpoint import (
+    DockerEndpoint,
+    Endpoint,
+    EndpointSpec,
+    LineSink,
+    ProcessEndpoint,
+    _print_line,
+    check_container_route,
+)
 from smbyoc.emulator.front import (
     INVOCATION_TIMEOUT,
     Call,
@@ -331,6 +339,7 @@ class MultiModelEndpoint:
     def __init__(self, spec: MultiModelSpec, *, client: Any = None, image: str | None = None,
                  sink: LineSink | None = _print_line, user: str | None = None, require_nginx: bool = False,
                  container_route: str = "network") -> None:
+        check_container_route(container_route)  # before anything is started or made
         self.spec = spec
         self.source = ModelSource(spec.models)
         inner = replace(spec.endpoint, model_data=None, port=free_port(), bind_address="127.0.0.1",
