@@ -46,6 +46,7 @@ to B's container from 1 and 8 tasks in this thread, CPU per call from getrusage(
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import json
@@ -57,6 +58,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ from smbyoc.emulator.endpoint_config import parse_endpoint_config
 from smbyoc.emulator.front import Call, Front, Reply
 from smbyoc.emulator.hosted_endpoint import ContainerRouter, HostedEndpoint, HostingOptions
 from smbyoc.emulator.http_server import Request, Response
+from smbyoc.emulator.owners import process_tree
 from smbyoc.emulator.variants import EndpointRouter, Instance, Variant
 from smbyoc.serving.ports import free_port
 
@@ -87,7 +90,6 @@ class AiohttpFront(Front):
     catch-all route hands every request to the same :meth:`Front.handle`; asyncio's event loop."""
 
     async def _serve(self, ready: Any, failure: list[BaseException]) -> None:
-        import asyncio
 
         from aiohttp import web
 
@@ -138,7 +140,7 @@ class NullRouter:
 
 
 # ------------------------------------------------------------------------------------------------ clients alone
-class _CountingProtocol:
+class _CountingProtocol(asyncio.Protocol):
     """The floor: a keep-alive connection that writes fixed request bytes and only counts the answer's bytes."""
 
     def __init__(self, answer_size: int) -> None:
@@ -164,7 +166,6 @@ class _CountingProtocol:
 
 def clients(url: str, reps: int = 3, calls: int = 3000) -> None:
     """CPU per call of each client alone (this thread's rusage), sequential calls from 1 and 8 tasks."""
-    import asyncio
     import resource
     import urllib.parse
 
@@ -208,7 +209,7 @@ def clients(url: str, reps: int = 3, calls: int = 3000) -> None:
 
         async def one() -> None:
             transport, protocol = await loop.create_connection(lambda: _CountingProtocol(answer_size),
-                                                               parts.hostname, parts.port)
+                                                               parts.hostname or "127.0.0.1", parts.port or 80)
             for _ in range(n):
                 protocol.done = loop.create_future()
                 transport.write(raw)
@@ -324,18 +325,29 @@ def lua(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def thread_cpu(native_id: int) -> tuple[float, float]:
-    """User and system CPU seconds of a thread of this process, or (a negative id) of process ``-native_id`` and
-    its children (the nginx proxy's master and workers)."""
-    if native_id < 0:
+#: Where a path's CPU per request is read: a thread of this process (the fronts, the capture writer) or a process
+#: tree (the nginx proxy's master and workers); None for paths without a front.
+CpuSource = Callable[[], tuple[float, float]]
+
+
+def thread_cpu(native_id: int) -> CpuSource:
+    """User and system CPU seconds of thread ``native_id`` of this process."""
+    def read() -> tuple[float, float]:
+        fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    return read
+
+
+def tree_cpu(pid: int) -> CpuSource:
+    """User and system CPU seconds of process ``pid`` and its descendants."""
+    def read() -> tuple[float, float]:
         user = system = 0.0
-        for pid in tree(-native_id):
+        for process in process_tree(pid):
             with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
                 user, system = user + int(fields[11]) / CLK_TCK, system + int(fields[12]) / CLK_TCK
         return user, system
-    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    return read
 
 
 def machine_busy() -> tuple[int, int]:
@@ -344,48 +356,30 @@ def machine_busy() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
-def front_thread(front: Front) -> int:
+def front_thread(front: Front) -> CpuSource:
     assert front._thread is not None and front._thread.native_id is not None
-    return front._thread.native_id
+    return thread_cpu(front._thread.native_id)
 
 
-def measure(url: str, script: Path, duration: float, thread_id: int, writer_id: int = 0) -> dict[str, Any]:
+def measure(url: str, script: Path, duration: float, front: CpuSource | None,
+            writer: CpuSource | None = None) -> dict[str, Any]:
     run_wrk(url, script, 8, 1)  # uncounted
     none = (0.0, 0.0)
-    cpu0, writer0, (busy0, total0) = (thread_cpu(thread_id) if thread_id else none,
-                                      thread_cpu(writer_id) if writer_id else none, machine_busy())
+    cpu0, writer0, (busy0, total0) = front() if front else none, writer() if writer else none, machine_busy()
     result = run_wrk(url, script, 8, duration)
-    cpu1, writer1, (busy1, total1) = (thread_cpu(thread_id) if thread_id else none,
-                                      thread_cpu(writer_id) if writer_id else none, machine_busy())
+    cpu1, writer1, (busy1, total1) = front() if front else none, writer() if writer else none, machine_busy()
     requests = max(result["requests"], 1)
-    result["front_user_us"] = (cpu1[0] - cpu0[0]) / requests * 1e6 if thread_id else None
-    result["front_sys_us"] = (cpu1[1] - cpu0[1]) / requests * 1e6 if thread_id else None
-    result["front_us"] = (sum(cpu1) - sum(cpu0)) / requests * 1e6 if thread_id else None
-    result["writer_us"] = (sum(writer1) - sum(writer0)) / requests * 1e6 if writer_id else None
+    result["front_user_us"] = (cpu1[0] - cpu0[0]) / requests * 1e6 if front else None
+    result["front_sys_us"] = (cpu1[1] - cpu0[1]) / requests * 1e6 if front else None
+    result["front_us"] = (sum(cpu1) - sum(cpu0)) / requests * 1e6 if front else None
+    result["writer_us"] = (sum(writer1) - sum(writer0)) / requests * 1e6 if writer else None
     result["busy"] = (busy1 - busy0) / max(total1 - total0, 1)
     return result
 
 
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo += children.get(found[-1], [])
-    return found
-
-
 def pin_tree(pid: int, cpus: set[int]) -> None:
     """Every thread of ``pid`` and its descendants on ``cpus``."""
-    for process in tree(pid):
+    for process in process_tree(pid):
         try:
             for task in Path(f"/proc/{process}/task").iterdir():
                 os.sched_setaffinity(int(task.name), cpus)
@@ -422,7 +416,7 @@ def pin(endpoints: list[HostedEndpoint], proxies: list[int]) -> None:
 
 
 def med(rounds: list[dict[str, dict[str, Any]]], path: str, key: str) -> float:
-    return statistics.median(r[path][key] for r in rounds)
+    return float(statistics.median(r[path][key] for r in rounds))
 
 
 def report(rounds: list[dict[str, dict[str, Any]]], extra: dict[str, Any]) -> str:
@@ -538,7 +532,9 @@ def main() -> int:
                            shadow_nice=args.shadow_nice)
         endpoints.append(d)
         container_url = b.instances[0].handle.url  # (docker: the published port)
-        network_url = b.instances[0].router.url.removesuffix("/invocations")  # the route B's front takes
+        router = b.instances[0].router
+        assert isinstance(router, ContainerRouter)
+        network_url = router.url.removesuffix("/invocations")  # the route B's front takes
         if docker and network_url == container_url:
             sys.exit("the front reaches the container through its published port: no network route here")
         expected = invoke(container_url + "/invocations")
@@ -554,20 +550,21 @@ def main() -> int:
         fronts.append(front_with(one_instance("aiohttp-1"), "bench-b", AiohttpFront, event_loop="asyncio"))
         fronts.append(front_with(NullRouter(expected), "bench-b"))
         fronts.append(front_with(one_instance("published-1", container_url), "bench-b"))
-        proxy_url = ""
+        proxy_url, proxy_cpu = "", None
         if "nginx-proxy" in args.paths:
             proxy_url, proxy = nginx_proxy(work, network_url.split("//", 1)[1], "bench-b")
             proxies.append(proxy)
+            proxy_cpu = tree_cpu(proxy.pid)
         assert b.front is not None and c.front is not None and d.front is not None
-        targets: dict[str, tuple[str, int]] = {
-            "container": (container_url + "/invocations", 0),
-            "container-network": (network_url + "/invocations", 0),
+        targets: dict[str, tuple[str, CpuSource | None]] = {
+            "container": (container_url + "/invocations", None),
+            "container-network": (network_url + "/invocations", None),
             "front-published": (f"{fronts[3].url}/endpoints/bench-b/invocations", front_thread(fronts[3])),
             "front": (f"{b.url}/endpoints/bench-b/invocations", front_thread(b.front)),
             "front-asyncio": (f"{fronts[0].url}/endpoints/bench-b/invocations", front_thread(fronts[0])),
             "front-aiohttp": (f"{fronts[1].url}/endpoints/bench-b/invocations", front_thread(fronts[1])),
             "front-null": (f"{fronts[2].url}/endpoints/bench-b/invocations", front_thread(fronts[2])),
-            "nginx-proxy": (f"{proxy_url}/endpoints/bench-b/invocations", -proxies[0].pid if proxies else 0),
+            "nginx-proxy": (f"{proxy_url}/endpoints/bench-b/invocations", proxy_cpu),
             "capture": (f"{c.url}/endpoints/bench-c/invocations", front_thread(c.front)),
             "shadow": (f"{d.url}/endpoints/bench-d/invocations", front_thread(d.front)),
         }
@@ -590,9 +587,10 @@ def main() -> int:
             order = paths[rep % len(paths):] + paths[:rep % len(paths)]
             results: dict[str, dict[str, Any]] = {}
             for path in order:
-                url, thread_id = targets[path]
-                writer = c.capture._thread.native_id if path == "capture" and c.capture._thread else 0
-                results[path] = r = measure(url, script, args.duration, thread_id, writer or 0)
+                url, front_cpu = targets[path]
+                thread = c.capture._thread if path == "capture" else None
+                writer = thread_cpu(thread.native_id) if thread is not None and thread.native_id else None
+                results[path] = r = measure(url, script, args.duration, front_cpu, writer)
                 print(f"round {rep + 1} {path:14s} {r['rps']:8,.0f} req/s  p50 {r['p50']:6.2f} ms  "
                       f"p99 {r['p99']:6.2f} ms  front {r['front_us'] or 0:5.0f} µs/req "
                       f"({r['front_user_us'] or 0:.0f} + {r['front_sys_us'] or 0:.0f})  "

@@ -17,6 +17,7 @@ from helpers import free_port
 from mme_support import expected, write_handler_model
 from smbyoc.emulator.endpoint_config import parse_endpoint_config
 from smbyoc.emulator.hosted_endpoint import HostedEndpoint, HostingOptions
+from smbyoc.emulator.owners import process_tree
 from smbyoc.errors import ConfigError
 
 
@@ -49,38 +50,17 @@ def start(tmp: Path, client: Any = None, **options: Any) -> HostedEndpoint:
 def tree_nice(pid: int) -> tuple[set[int], int]:
     """The nice values of every thread of ``pid`` and its descendants (serve, gunicorn and nginx each start a
     session of their own), and how many processes that is."""
-    children = _children()
-    values, todo, processes = set(), [pid], 0
-    while todo:
-        process = todo.pop()
-        todo += children.get(process, [])
-        processes += 1
+    values, processes = set(), process_tree(pid)
+    for process in processes:
         for task in Path(f"/proc/{process}/task").iterdir():
             values.add(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
-    return values, processes
+    return values, len(processes)
 
 
 def autogroup_nice(pid: int) -> set[int]:
     """The nice values of the autogroups (one per session) of ``pid``'s tree, except this process's session."""
-    values, todo, children = set(), [pid], _children()
-    while todo:
-        process = todo.pop()
-        todo += children.get(process, [])
-        if os.getsid(process) != os.getsid(0):
-            values.add(int(Path(f"/proc/{process}/autogroup").read_text().split()[-1]))
-    return values
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(
-                    int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return children
+    return {int(Path(f"/proc/{process}/autogroup").read_text().split()[-1])
+            for process in process_tree(pid) if os.getsid(process) != os.getsid(0)}
 
 
 def invoke(endpoint: HostedEndpoint) -> Any:

@@ -82,6 +82,29 @@ def test_tagged_processes_are_found_and_ended_sigkill_after_the_grace() -> None:
         other.wait()
 
 
+def test_process_tree_lists_a_process_and_its_descendants_only() -> None:
+    # a child that starts a grandchild (in a session of its own, as nginx and gunicorn do) and prints its PID
+    code = ("import subprocess, sys, time; "
+            "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True); "
+            "print(g.pid, flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    grandchild = 0
+    try:
+        assert child.stdout is not None
+        grandchild = int(child.stdout.readline())
+        assert owners.process_tree(child.pid) == [child.pid, grandchild]
+        mine = owners.process_tree(os.getpid())
+        assert mine[0] == os.getpid() and {child.pid, grandchild, other.pid} <= set(mine)
+        assert owners.process_tree(grandchild) == [grandchild]
+    finally:
+        for process in (child, other):
+            process.kill()
+            process.wait()
+        if grandchild:
+            os.kill(grandchild, signal.SIGKILL)
+
+
 def test_records_of_a_killed_owner_are_orphaned_and_swept(tmp_path: Path, state: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "model").mkdir(parents=True)

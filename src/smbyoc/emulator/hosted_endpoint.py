@@ -52,6 +52,7 @@ from smbyoc.emulator.front import (
     send,
     validation_error,
 )
+from smbyoc.emulator.owners import process_tree
 from smbyoc.emulator.variants import LEAST_OUTSTANDING, EndpointRouter, Instance, Variant
 from smbyoc.errors import ConfigError, ServingError
 from smbyoc.serving.ports import free_port
@@ -92,19 +93,8 @@ def lower_priority(pid: int, nice: int) -> None:
     if not (proc / str(pid) / "task").is_dir():
         os.setpriority(os.PRIO_PROCESS, pid, nice)
         return
-    children: dict[int, list[int]] = {}
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # (gone meanwhile)
-            children.setdefault(parent, []).append(int(entry.name))
     ours, groups = os.getsid(0), set()
-    todo = [pid]
-    while todo:
-        process = todo.pop()
-        todo += children.get(process, [])
+    for process in process_tree(pid):
         try:
             threads = [int(task.name) for task in (proc / str(process) / "task").iterdir()]
             session = os.getsid(process)

@@ -56,6 +56,25 @@ def process_group(pid: int) -> int | None:
     return None if fields is None or fields[0] in ("Z", "X") else int(fields[2])
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (parents before their children), from one walk of /proc; ``[pid]`` without
+    /proc. Processes that end meanwhile may still be listed: callers tolerate a process gone."""
+    if not PROC.is_dir():
+        return [pid]
+    children: dict[int, list[int]] = {}
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        process = todo.pop()
+        found.append(process)
+        todo += children.get(process, [])
+    return found
+
+
 def _boot_id() -> str:
     try:
         return (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()

@@ -54,7 +54,10 @@ class OnnxModel:
         if isinstance(value, np.ndarray) and value.dtype.kind == "c" and np.dtype(dtype).kind != "c":
             raise InputError(f"input {name!r}: complex values for a {np.dtype(dtype).name} input")
         try:
-            array = np.asarray(value, dtype=dtype)
+            with np.errstate(over="raise", invalid="raise"):  # a finite value beyond the dtype's range: refused
+                array = np.asarray(value, dtype=dtype)
+        except FloatingPointError as e:
+            raise InputError(f"input {name!r}: a value is out of {np.dtype(dtype).name}'s range ({e})") from e
         except (TypeError, ValueError, OverflowError) as e:  # OverflowError: an integer too large for a float
             raise InputError(
                 clip(f"input {name!r}: cannot convert the request data to {np.dtype(dtype).name}: {e}")
