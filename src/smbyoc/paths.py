@@ -112,4 +112,6 @@ def check_channel_name(name: str) -> str:
         raise ConfigError(
             "channel names are 1-64 characters of letters, digits, '.', '-' and '_'", key=f"channel {name!r}"
         )
+    if name in (".", ".."):  # SageMaker's pattern lets them through; as a folder name they leave input/data/
+        raise ConfigError("'.' and '..' name no folder below input/data/", key=f"channel {name!r}")
     return name

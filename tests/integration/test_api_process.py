@@ -216,6 +216,58 @@ def test_errors_in_the_services_words(server: ApiServer, tmp_path: Path) -> None
     assert code == "UnknownOperationException" and "ListClusters is not emulated by smbyoc api" in message
 
 
+def test_hostile_bodies_names_and_filters(server: ApiServer, tmp_path: Path) -> None:
+    sm, _ = clients(server.url)
+    # not JSON numbers, numbers beyond a double, nesting deeper than any request: refused, never a 500
+    for body, words in ((b'{"MaxResults": NaN}', "NaN is not a JSON number"),
+                        (b'{"MaxResults": -Infinity}', "-Infinity is not a JSON number"),
+                        (b'{"MaxResults": 1e999}', "1e999 is out of the range of a number"),
+                        (b"[" * 100_000 + b"]" * 100_000, "nests deeper than 64 levels"),
+                        (b'{"NameContains": ' + b"[" * 900 + b"]" * 900 + b"}", "nests deeper than 64 levels")):
+        status, answer = raw(server.url, body)
+        assert (status, answer["__type"]) == (400, "SerializationException") and words in answer["message"], answer
+    # a timestamp in any form botocore takes filters; anything else is one ValidationException naming the member
+    model = {"ModelName": "m1", "ExecutionRoleArn": ROLE,
+             "PrimaryContainer": {"Image": "smbyoc/serve:cpu", "ModelDataUrl": str(tmp_path / "model.tar.gz")}}
+    sm.create_model(**model)
+    for after, names in (("2000-01-01T00:00:00Z", ["m1"]), ("Sat, 01 Jan 2000 00:00:00 GMT", ["m1"]),
+                         ("946684800", ["m1"]), (946684800, ["m1"]), ("2100-01-01T00:00:00Z", []), (4102444800, [])):
+        status, answer = raw(server.url, json.dumps({"CreationTimeAfter": after}).encode())
+        assert status == 200 and [m["ModelName"] for m in answer["Models"]] == names, (after, answer)
+    for after in ("1e400", "yesterday", "99999999999999999999", 1e300):
+        status, answer = raw(server.url, json.dumps({"CreationTimeAfter": after}).encode(),
+                             target="SageMaker.ListTrainingJobs")
+        assert status == 400 and answer["__type"] == "ValidationException", answer
+        assert answer["message"].startswith(f"Value '{after}' at 'creationTimeAfter' is not a timestamp"), answer
+    # every List filters on the times it takes
+    future = time.time() + 86_400
+    assert sm.list_endpoint_configs(CreationTimeBefore=0)["EndpointConfigs"] == []
+    assert sm.list_endpoints(LastModifiedTimeAfter=future)["Endpoints"] == []
+    assert sm.list_transform_jobs(CreationTimeAfter=future)["TransformJobSummaries"] == []
+    assert sm.list_processing_jobs(LastModifiedTimeBefore=0)["ProcessingJobSummaries"] == []
+    # a page token is a position, never a negative one
+    code, message = error_of(sm.list_models, NextToken="-1", MaxResults=1)
+    assert (code, message) == ("ValidationException", "Invalid pagination token")
+    # an empty S3 URI is not a local path (it was the server's working directory)
+    request = training_request("empty-output", tmp_path / "out")
+    request["OutputDataConfig"]["S3OutputPath"] = ""
+    code, message = error_of(sm.create_training_job, **request)
+    assert code == "ValidationException" and "at 'outputDataConfig.s3OutputPath' failed to satisfy" in message
+    # a channel named '.' or '..' names no folder of its own
+    request = training_request("dot-channel", tmp_path / "out")
+    request["InputDataConfig"][0]["ChannelName"] = ".."
+    code, message = error_of(sm.create_training_job, **request)
+    assert code == "ValidationException" and "'..'" in message, message
+    assert sm.list_training_jobs()["TrainingJobSummaries"] == []
+    # a variant name used twice is refused when the configuration is created, not when an endpoint fails
+    variant = {"VariantName": "A", "ModelName": "m1", "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}
+    code, message = error_of(sm.create_endpoint_config, EndpointConfigName="twice",
+                             ProductionVariants=[variant, {**variant, "InitialVariantWeight": 2.0}])
+    assert (code, message) == ("ValidationException", "Variant name 'A' is used more than once: variant names are "
+                                                      "unique across production and shadow variants.")
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+
+
 def test_failed_and_stopped_jobs_and_a_duplicate(server: ApiServer, tmp_path: Path) -> None:
     sm, _ = clients(server.url)
     code = tmp_path / "code"

@@ -117,3 +117,25 @@ def test_missing_model_data(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "--model-data" in proc.stderr and "no such file" in proc.stderr
+
+
+def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
+    import socket
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.json").write_text("[1]")
+    with socket.socket() as other:  # another program's server on the port, answering nothing
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        env = {**os.environ, "TMPDIR": str(tmp_path), "SMBYOC_STATE_DIR": str(tmp_path / "state")}
+        proc = subprocess.run([*SMBYOC, "local-serve", "--mode", "process", "--model-data", str(model),
+                               "--port", str(port)], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: 127.0.0.1:{port} is in use by another program; choose another port "
+                      "(local-serve --port)"], proc.stderr
+    assert "InService" not in proc.stdout + proc.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("smbyoc-")]  # no temporary tree left
+    assert not list((tmp_path / "state").rglob("*.json"))  # no endpoint record left

@@ -107,5 +107,33 @@ def test_pages() -> None:
     assert [i["Name"] for i in last["Items"]] == ["n0"] and "NextToken" not in last
     by_name = page(items, {"SortBy": "Name", "SortOrder": "Ascending"}, "Items", {"Name": "Name"})
     assert [i["Name"] for i in by_name["Items"]] == ["n0", "n1", "n2", "n3", "n4"]
-    with pytest.raises(ApiError, match="pagination token"):
-        page(items, {"NextToken": "x"}, "Items", {})
+    for token_text in ("x", "-1"):
+        with pytest.raises(ApiError, match="pagination token"):
+            page(items, {"NextToken": token_text}, "Items", {})
+
+
+def test_time_filters_take_every_form_botocore_sends_and_refuse_the_rest() -> None:
+    from smbyoc.api.timestamps import parse, time_filtered
+
+    assert parse(1577836800, "CreationTimeAfter") == parse("2020-01-01T00:00:00Z", "CreationTimeAfter") == \
+        parse("Wed, 01 Jan 2020 00:00:00 GMT", "CreationTimeAfter") == parse("1577836800", "x") == 1577836800.0
+    for bad in ("", "soon", "1e400", float("inf"), True, None, [1], 10**400):
+        with pytest.raises(ApiError, match=r"at 'creationTimeAfter' is not a timestamp"):
+            parse(bad, "CreationTimeAfter")
+    items = [{"Name": "old", "CreationTime": 10.0, "LastModifiedTime": 50.0},
+             {"Name": "new", "CreationTime": 30.0, "LastModifiedTime": 40.0}, {"Name": "no times"}]
+    names = [[i["Name"] for i in time_filtered(items, request)] for request in (
+        {}, {"CreationTimeAfter": 20}, {"CreationTimeBefore": 20}, {"LastModifiedTimeAfter": 45},
+        {"LastModifiedTimeBefore": 45, "CreationTimeAfter": 10})]
+    assert names == [["old", "new", "no times"], ["new"], ["old"], ["old"], ["new"]]
+
+
+def test_timestamp_members_that_botocore_cannot_read_are_named() -> None:
+    assert refusal("ListTrainingJobs", {"CreationTimeAfter": "1e400"}).startswith(
+        "Value '1e400' at 'creationTimeAfter' is not a timestamp")
+    check("ListTrainingJobs", {"CreationTimeAfter": "2020-01-01T00:00:00Z"})
+
+
+def test_an_empty_s3_uri_is_left_to_the_services_pattern() -> None:
+    assert "at 'primaryContainer.modelDataUrl' failed to satisfy constraint" in \
+        refusal("CreateModel", model(ModelDataUrl=""))

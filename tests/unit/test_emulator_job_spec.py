@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,10 @@ def test_channel_validation(tmp_path):
         spec(channels=(ChannelSpec("train", tmp_path / "missing"),)).validate()
     with pytest.raises(ConfigError, match="channel 'a b'"):
         spec(channels=(ChannelSpec("a b", tmp_path),)).validate()
+    for name in (".", ".."):  # SageMaker's pattern takes them; input/data/.. is input/
+        with pytest.raises(ConfigError, match=f"channel '{re.escape(name)}': '.' and '..' name no folder"):
+            spec(channels=(ChannelSpec(name, tmp_path),)).validate()
+    spec(channels=(ChannelSpec("...", tmp_path),)).validate()  # a name like any other
     with pytest.raises(ConfigError, match="given twice"):
         spec(channels=(ChannelSpec("t", tmp_path), ChannelSpec("t", tmp_path))).validate()
     with pytest.raises(ConfigError, match="input mode 'Stream'"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from smbyoc.emulator.api_validation import api_problems
 from smbyoc.emulator.endpoint_config import load_endpoint_config
@@ -584,6 +585,20 @@ def test_a_primary_container_hostname_is_ignored_as_sagemaker_does(where: Path) 
     doc = ab_doc()
     primary(doc)["ContainerHostname"] = "named"
     assert load_endpoint_config(write(where, doc)).models["model-a"].containers[0].hostname is None
+
+
+def test_an_infinite_weight_is_refused_naming_the_field(where: Path) -> None:
+    doc = ab_doc()
+    pv(doc, 1)["InitialVariantWeight"] = float("inf")  # YAML's .inf; JSON's 1e999 (-inf: below the minimum 0)
+    path = where / "endpoint.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as caught:
+        load_endpoint_config(path)
+    assert str(caught.value) == f"{path}: EndpointConfig.ProductionVariants[1].InitialVariantWeight: inf is not a " \
+                                "finite number"
+    path = write_text(where / "endpoint.json", json.dumps(doc).replace("Infinity", "1e999"))
+    with pytest.raises(ConfigError, match="InitialVariantWeight: .*inf is not a finite number"):
+        load_endpoint_config(path)
 
 
 def test_weight_zero_for_one_variant_is_allowed(where: Path) -> None:

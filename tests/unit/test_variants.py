@@ -82,8 +82,9 @@ def test_update_weights_checks_everything_before_changing_anything() -> None:
     router = EndpointRouter([variant("A"), variant("B")], rng=random.Random(0))
     with pytest.raises(FrontError, match="VariantName Q does not exist"):
         router.update_weights({"A": 5.0, "Q": 1.0})
-    with pytest.raises(FrontError, match="DesiredWeight of A must be at least 0"):
-        router.update_weights({"A": -1.0})
+    for bad in (-1.0, float("nan"), float("inf")):  # NaN and infinity: a control request's JSON may carry them
+        with pytest.raises(FrontError, match="DesiredWeight of A must be a finite number of at least 0"):
+            router.update_weights({"A": bad})
     with pytest.raises(FrontError, match="At least one production variant"):
         router.update_weights({"A": 0.0, "B": 0.0})
     assert [v.weight for v in router.production] == [1.0, 1.0]

@@ -32,7 +32,7 @@ from typing import Any
 from smbyoc.api import store as stores
 from smbyoc.api.errors import ApiError, validation
 from smbyoc.api.jobs import Resources, arn, page
-from smbyoc.api.timestamps import now
+from smbyoc.api.timestamps import now, time_filtered
 from smbyoc.errors import SmbyocError
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,12 @@ class Hosting(Resources):
         with self.lock:
             if self.store.find(stores.ENDPOINT_CONFIGS, name, case_insensitive=True) is not None:
                 raise validation(f'Cannot create already existing endpoint configuration "{arn}".')
+            seen: set[str] = set()
             for variant in (*request["ProductionVariants"], *(request.get("ShadowProductionVariants") or ())):
+                if variant["VariantName"] in seen:
+                    raise validation(f"Variant name {variant['VariantName']!r} is used more than once: variant names "
+                                     "are unique across production and shadow variants.")
+                seen.add(variant["VariantName"])
                 model = variant.get("ModelName")
                 if model is not None and self.store.find(stores.MODELS, model) is None:
                     raise validation(f'Could not find model "{self.arn("model", model)}".')
@@ -424,12 +429,7 @@ class Hosting(Resources):
         items = self.store.all(kind)
         if "NameContains" in request:
             items = [i for i in items if request["NameContains"].lower() in i[name_key].lower()]
-        for member, after in (("CreationTimeAfter", True), ("CreationTimeBefore", False)):
-            if member in request:
-                limit = float(request[member]) if isinstance(request[member], (int, float)) else None
-                if limit is not None:
-                    items = [i for i in items if (i["CreationTime"] > limit) == after]
-        return items
+        return time_filtered(items, request)
 
 
 def _public(item: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from smbyoc.api import store as stores
 from smbyoc.api.errors import ApiError, not_found, validation
-from smbyoc.api.timestamps import from_iso, now
+from smbyoc.api.timestamps import now, time_filtered
 from smbyoc.errors import SmbyocError
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,6 @@ class JobKind:
     missing_message: str = "Could not find requested job with name {name}"
     #: The member that follows the status through Failed and Stopping (``SecondaryStatus``), if any.
     secondary_status_key: str | None = None
-    #: Whether List filters on ``CreationTimeAfter`` / ``Before`` and ``LastModifiedTimeAfter`` / ``Before``.
-    time_filters: bool = False
 
     @property
     def name_key(self) -> str:
@@ -192,14 +190,7 @@ class Jobs(Resources):
             items = [i for i in items if i[kind.status_key] == request["StatusEquals"]]
         if "NameContains" in request:
             items = [i for i in items if request["NameContains"].lower() in i[kind.name_key].lower()]
-        if kind.time_filters:
-            for member, field_name, after in (("CreationTimeAfter", "CreationTime", True),
-                                              ("CreationTimeBefore", "CreationTime", False),
-                                              ("LastModifiedTimeAfter", "LastModifiedTime", True),
-                                              ("LastModifiedTimeBefore", "LastModifiedTime", False)):
-                if member in request:
-                    limit = _epoch(request[member])
-                    items = [i for i in items if (i[field_name] > limit if after else i[field_name] < limit)]
+        items = time_filtered(items, request)
         summaries = [{k: i[k] for k in kind.summary_keys if k in i} for i in items]
         return page(summaries, request, kind.summaries_key, kind.sort_keys)
 
@@ -284,12 +275,6 @@ class Jobs(Resources):
             self.runs.pop(name, None)
 
 
-def _epoch(value: Any) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    return from_iso(str(value))
-
-
 def page(items: list[dict[str, Any]], request: dict[str, Any], key: str, sort_keys: dict[str, str]) -> dict[str, Any]:
     """One page of a List operation: ``SortBy`` / ``SortOrder`` (default CreationTime, Descending),
     ``MaxResults`` (default 10) and ``NextToken`` (the position of the next item, as text)."""
@@ -298,6 +283,8 @@ def page(items: list[dict[str, Any]], request: dict[str, Any], key: str, sort_ke
                    reverse=request.get("SortOrder", "Descending") == "Descending")
     try:
         start = int(request.get("NextToken") or 0)
+        if start < 0:
+            raise ValueError
     except ValueError:
         raise validation("Invalid pagination token") from None
     size = request.get("MaxResults", 10)

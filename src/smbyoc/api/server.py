@@ -21,6 +21,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import math
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -85,6 +86,44 @@ def _error(error: ApiError, request_id: str) -> Response:
     body = json.dumps({"__type": error.code, "message": error.message}).encode()
     return Response(error.status, body, {"Content-Type": JSON_TYPE, "x-amzn-RequestId": request_id,
                                          "x-amzn-ErrorType": error.code})
+
+
+#: Levels of nesting a request body may have (SageMaker's deepest request shapes have about a dozen).
+MAX_NESTING = 64
+
+
+def _non_finite(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of the range of a number")
+    return value
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """A request's JSON object; SerializationException for anything else: not JSON, not an object, ``NaN`` or
+    ``Infinity`` (which Python's parser takes and no JSON parser should), a number beyond a double, nesting deeper
+    than :data:`MAX_NESTING`."""
+    try:
+        params = json.loads(body or b"{}", parse_constant=_non_finite, parse_float=_finite)
+    except RecursionError:
+        raise ApiError(SERIALIZATION, f"the request body nests deeper than {MAX_NESTING} levels") from None
+    except ValueError as e:
+        raise ApiError(SERIALIZATION, f"the request body is not JSON: {e}") from e
+    if not isinstance(params, dict):
+        raise ApiError(SERIALIZATION, "the request body must be a JSON object")
+    level = 0
+    todo: list[Any] = [params]
+    while todo:
+        level += 1
+        if level > MAX_NESTING:
+            raise ApiError(SERIALIZATION, f"the request body nests deeper than {MAX_NESTING} levels")
+        todo = [child for item in todo for child in (item.values() if isinstance(item, dict) else item)
+                if isinstance(child, (dict, list))]
+    return params
 
 
 class ApiServer:
@@ -219,12 +258,7 @@ class ApiServer:
             if handler is None:
                 raise ApiError(UNKNOWN_OPERATION, f"{operation[:100]} is not emulated by smbyoc api (it emulates "
                                                   f"{', '.join(sorted(self.operations))})")
-            try:
-                params = json.loads(request.body or b"{}")
-            except ValueError as e:
-                raise ApiError(SERIALIZATION, f"the request body is not JSON: {e}") from e
-            if not isinstance(params, dict):
-                raise ApiError(SERIALIZATION, "the request body must be a JSON object")
+            params = decode_body(request.body)
             loop = asyncio.get_running_loop()
             answer = await loop.run_in_executor(self._pool, self._call, operation, handler, params)
         except ApiError as e:

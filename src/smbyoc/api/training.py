@@ -31,6 +31,8 @@ from smbyoc.api.jobs import (
     page,  # noqa: F401 - its home before smbyoc.api.jobs
 )
 from smbyoc.api.timestamps import from_iso, now
+from smbyoc.errors import ConfigError
+from smbyoc.paths import check_channel_name
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ TRAINING_JOB = JobKind(
     end_time_key="TrainingEndTime",
     summary_keys=("TrainingJobName", "TrainingJobArn", "CreationTime", "TrainingEndTime", "LastModifiedTime",
                   "TrainingJobStatus", "SecondaryStatus"),
-    missing_message="Requested resource not found.", secondary_status_key="SecondaryStatus", time_filters=True)
+    missing_message="Requested resource not found.", secondary_status_key="SecondaryStatus")
 
 
 class TrainingJobs(Jobs):
@@ -121,6 +123,10 @@ class TrainingJobs(Jobs):
             if member not in resources:
                 raise validation(f"ResourceConfig.{member} is required")
         for channel in request.get("InputDataConfig") or []:
+            try:
+                check_channel_name(channel["ChannelName"])
+            except ConfigError as e:
+                raise validation(f"InputDataConfig: {e}") from None
             if "S3DataSource" not in channel["DataSource"]:
                 raise validation(f"InputDataConfig: channel {channel['ChannelName']}: only S3DataSource is emulated "
                                  "(an s3:// URI, a local path or a file:// URI)")

@@ -19,9 +19,11 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from smbyoc.api.errors import validation
+from smbyoc.api.timestamps import parse
 
 #: What the validator sees in place of a local path (a short, valid S3 URI).
 PLACEHOLDER_URI = "s3://smbyoc-local-path/placeholder"
@@ -54,11 +56,13 @@ def check(operation: str, params: Any) -> None:
     stand_in = copy.deepcopy(params)
     if isinstance(params, dict):
         for _, keys, text in list(uri_slots(params, shape, "")):
-            if not is_remote(text):
+            if text.strip() and not is_remote(text):  # (an empty one is left to the service's pattern)
                 target: Any = stand_in
                 for key in keys[:-1]:
                     target = target[key]
                 target[keys[-1]] = PLACEHOLDER_URI
+    for at, value in _timestamps(stand_in, shape, ""):  # (ParamValidator fails on some: 1e400, year 10000)
+        parse(value, at)
     report = ParamValidator().validate(stand_in, shape)
     if report.has_errors():
         raise validation("Parameter validation failed:\n" + report.generate_report())
@@ -66,6 +70,23 @@ def check(operation: str, params: Any) -> None:
     if problems:
         count = len(problems)
         raise validation(f"{count} validation error{'s' if count > 1 else ''} detected: " + "; ".join(problems))
+
+
+def _timestamps(value: Any, shape: Any, at: str) -> Iterator[tuple[str, Any]]:
+    """The timestamp members of ``value`` (``shape``'s), with their paths."""
+    kind = shape.type_name
+    if kind == "timestamp":
+        yield at, value
+    elif kind == "structure" and isinstance(value, dict):
+        for key, item in value.items():
+            if key in shape.members:
+                yield from _timestamps(item, shape.members[key], f"{at}.{_camel(key)}".lstrip("."))
+    elif kind == "list" and isinstance(value, list):
+        for i, item in enumerate(value, 1):
+            yield from _timestamps(item, shape.member, f"{at}.{i}.member")
+    elif kind == "map" and isinstance(value, dict):
+        for key, item in value.items():
+            yield from _timestamps(item, shape.value, f"{at}.{key}.value")
 
 
 def _camel(name: str) -> str:

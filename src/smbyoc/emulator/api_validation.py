@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -150,6 +151,8 @@ def _extra_problems(value: Any, shape: Any, path: str) -> list[tuple[str, str]]:
     elif kind in _NUMBER_TYPES and isinstance(value, bool):
         problems.append((path, f"expected {'integer' if kind in ('integer', 'long') else 'number'}, got boolean "
                                f"{value!r}"))
+    elif kind in _NUMBER_TYPES and isinstance(value, float) and not math.isfinite(value):
+        problems.append((path, f"{value} is not a finite number"))  # (YAML's .inf, JSON's 1e999)
     elif kind in _NUMBER_TYPES and isinstance(value, (int, float)):
         size = value
     if size is not None and "max" in metadata and size > metadata["max"]:

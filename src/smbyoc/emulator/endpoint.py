@@ -30,6 +30,7 @@ from smbyoc.emulator import containers, jobs, owners
 from smbyoc.emulator.instance_types import lookup
 from smbyoc.emulator.runtime_client import wait_until_healthy
 from smbyoc.errors import ConfigError, ServingError
+from smbyoc.serving.ports import port_is_free
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,13 @@ class ProcessEndpoint(Endpoint):
         if not self.uses_nginx:
             env["SAGEMAKER_USE_NGINX"] = "false"
         return env
+
+    def launch(self) -> None:
+        # serve's nginx would fail to bind, and /ping, answered by the other program, would look healthy
+        if not port_is_free(self.spec.port, self.spec.bind_address):
+            raise ServingError(f"{self.spec.bind_address}:{self.spec.port} is in use by another program; choose "
+                               "another port (local-serve --port)")
+        super().launch()
 
     def _start(self) -> None:
         self.process = subprocess.Popen(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Mapping, Sequence
@@ -226,8 +227,9 @@ class EndpointRouter:
         for name, weight in desired.items():
             if name not in self.variants or self.variants[name] is self.shadow:
                 raise validation_error(f"VariantName {name} does not exist on this endpoint.")
-            if weight < 0:
-                raise validation_error(f"DesiredWeight of {name} must be at least 0, not {weight}.")
+            if not 0 <= weight < math.inf:  # (NaN and infinity too: a JSON body may carry them)
+                raise validation_error(f"DesiredWeight of {name} must be a finite number of at least 0, not "
+                                       f"{weight}.")
         check_weights({v.name: desired.get(v.name, v.weight) for v in self.production})
         for name, weight in desired.items():
             variant = self.variants[name]
