@@ -26,6 +26,8 @@ def read_json(path: Path, missing: Any = _MISSING) -> Any:
         return json.loads(text)
     except ValueError as e:
         raise ConfigError(f"is not valid JSON: {e}", source=str(path)) from e
+    except RecursionError:
+        raise ConfigError("is not usable JSON: it nests deeper than the parser goes", source=str(path)) from None
 
 
 def read_json_object(path: Path, missing: Any = _MISSING) -> dict[str, Any]:

@@ -128,6 +128,55 @@ def test_weighted_split_target_variant_and_update_weights(two_variants: tuple[Ho
     assert variants == {"Blue", "Green"}
 
 
+def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """Send ``head`` (request line and header lines, CRLF-ended, without the blank line) and ``body`` as they are."""
+    import http.client
+    import socket
+
+    host, port = url.split("//", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+
+
+def test_hostile_headers_tokens_and_weights(two_variants: tuple[HostedEndpoint, Path]) -> None:
+    import boto3
+
+    endpoint, _ = two_variants
+    client = boto3.client("sagemaker-runtime", endpoint_url=endpoint.url)
+    # botocore's patterns, on the sync route as on the async one: ASCII types, printable ids of 1 or more
+    for extra, words in (({"Accept": "\u00fc"}, "Accept: the value must be US-ASCII"),
+                         ({"ContentType": "application/\u00fc"}, "Content-Type: the value must be US-ASCII"),
+                         ({"InferenceId": "a\u00ffb"}, "Inference-Id: the value must be printable US-ASCII")):
+        with pytest.raises(client.exceptions.ValidationError, match=words):
+            client.invoke_endpoint(EndpointName="split", Body=b"[1]", **{"ContentType": "application/json", **extra})
+    head = (b"POST /endpoints/split/invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-Amzn-SageMaker-Inference-Id: \r\n")
+    status, headers, body = raw_request(endpoint.url, head, b"[1]")
+    assert (status, headers["x-amzn-errortype"]) == (400, "ValidationError"), body
+    assert b"Inference-Id: the value is empty" in body
+    with pytest.raises(client.exceptions.ValidationError, match="InvokeEndpointWithResponseStream is not emulated"):
+        client.invoke_endpoint_with_response_stream(EndpointName="split", Body=b"[1]", ContentType="application/json")
+    # the control routes: a token that is not even UTF-8 is a wrong token; weights out of range or named twice
+    control = b"/_smbyoc/endpoints/split"
+    status, headers, body = raw_request(endpoint.url, b"GET " + control + b" HTTP/1.1\r\nHost: x\r\n"
+                                        b"X-Smbyoc-Control-Token: \xff\r\n")
+    assert (status, headers["x-amzn-errortype"]) == (403, "AccessDeniedException"), body
+    token = f"X-Smbyoc-Control-Token: {endpoint.control_token}\r\n".encode()
+    for desired, words in (('[{"VariantName": "Blue", "DesiredWeight": 1' + "0" * 400 + "}]",
+                            b"DesiredWeight is out of range"),
+                           ('[{"VariantName": "Blue", "DesiredWeight": 1}, '
+                            '{"VariantName": "Blue", "DesiredWeight": 2}]',
+                            b"VariantName: Blue is given more than once")):
+        status, headers, body = raw_request(endpoint.url, b"POST " + control + b"/weights HTTP/1.1\r\nHost: x\r\n" +
+                                            token, f'{{"DesiredWeightsAndCapacities": {desired}}}'.encode())
+        assert (status, headers["x-amzn-errortype"]) == (400, "ValidationError") and words in body, body
+    assert {v["VariantName"]: v["CurrentWeight"] for v in endpoint.describe()["ProductionVariants"]} == {
+        "Blue": 1.0, "Green": 3.0}  # nothing changed
+
+
 def test_shadow_gets_copies_and_never_answers(tmp_path: Path, nginx_on_path: str, aws_env: None) -> None:
     import boto3
 

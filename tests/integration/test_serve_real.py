@@ -133,6 +133,34 @@ def test_error_statuses_are_json(onnx_server: Server, path, data, headers, statu
     assert b"Traceback" not in body
 
 
+def raw_exchange(server: Server, data: bytes) -> tuple[int, str, bytes]:
+    """Send ``data`` as it is; the status, Content-Type and body nginx answers."""
+    import http.client
+    import socket
+
+    host, port = server.url.split("//", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(data)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        return answer.status, answer.getheader("Content-Type") or "", answer.read()
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+     b"X-Amzn-SageMaker-Custom-Attributes: " + b"a" * 20_000 + b"\r\nContent-Length: 2\r\n\r\n[]",
+     "the request line or a header field is too large"),
+    (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n[]\r\n0\r\n\r\n", "not well-formed HTTP/1.1"),
+    (b"GET /ping HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n", "not well-formed HTTP/1.1"),
+])
+def test_what_nginx_refuses_itself_is_json_too(onnx_server: Server, data: bytes, words: str) -> None:
+    status, content_type, body = raw_exchange(onnx_server, data)
+    assert (status, content_type) == (400, "application/json"), body
+    answer = json.loads(body)
+    assert answer["status"] == 400 and words in answer["message"], answer
+
+
 def test_payload_limit_6mb(onnx_server: Server) -> None:
     ok = b"1" * SIX_MB
     status, _, body = call(onnx_server, "/invocations", ok, {"Content-Type": "application/octet-stream"})

@@ -257,6 +257,29 @@ def test_program_killed_by_sigterm_reports_143(tmp_path):
     assert "killed by SIGTERM" in failure(base)
 
 
+def test_sigterm_while_requirements_install_is_a_stop(tmp_path):
+    import socket
+
+    base = make_job(tmp_path, {"sagemaker_program": "train.py"},
+                    {"train.py": "print('never')\n", "requirements.txt": "smbyoc-slow-package-xyz\n"})
+    with socket.socket() as index:  # a package index that takes the connection and never answers
+        index.bind(("127.0.0.1", 0))
+        index.listen()
+        env = {**env_for(base), "PIP_INDEX_URL": f"http://127.0.0.1:{index.getsockname()[1]}/simple",
+               "PIP_TIMEOUT": "60", "PIP_RETRIES": "0", "PIP_TARGET": str(tmp_path / "site")}
+        proc = subprocess.Popen([str(TRAIN)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            index.settimeout(60)
+            connection, _ = index.accept()  # pip is installing
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
+            connection.close()
+        finally:
+            proc.kill()
+    assert proc.returncode == 143
+    assert failure(base).strip() == "Stopped: train received SIGTERM before the program finished starting"
+
+
 def test_programs_own_failure_file_is_kept(tmp_path):
     base = make_job(tmp_path, {"sagemaker_program": "train.py"}, {"train.py": """
         import os, sys

@@ -423,6 +423,59 @@ def test_body_xor_input_location_and_the_input_file(tmp_path: Path) -> None:
         wait_until(lambda: path_of(ok["OutputLocation"]).exists())
 
 
+def test_local_inputs_only_where_the_front_may_read(tmp_path: Path) -> None:
+    allowed, other = tmp_path / "inputs", tmp_path / "elsewhere"
+    allowed.mkdir()
+    other.mkdir()
+    (allowed / "ok.csv").write_bytes(b"1")
+    (other / "secret.csv").write_bytes(b"2")
+    (allowed / "link.csv").symlink_to(other / "secret.csv")  # a link out of the root: where it leads counts
+    header = "X-Amzn-SageMaker-InputLocation"
+    # no roots, a loopback front: any file but the kernel's pseudo-file systems (/proc/self/environ: our secrets)
+    with served(tmp_path / "state", config(tmp_path), FakeRouter()) as (rt, endpoint):
+        for path in ("/proc/self/environ", "/sys/kernel/hostname", "/dev/null"):
+            expect_validation(rt, f"{header}: {path} is in a kernel pseudo-file system", InputLocation=path)
+        expect_validation(rt, f"{header}: 'file:///tmp/a%00b': a NUL character in the path",
+                          InputLocation="file:///tmp/a%00b")
+        ok = rt.invoke_endpoint_async(EndpointName=NAME, InputLocation=str(other / "secret.csv"))
+        wait_until(lambda: path_of(ok["OutputLocation"]).exists())
+    # roots: inside them only, links resolved first
+    with served(tmp_path / "state", config(tmp_path), FakeRouter(), input_roots=(allowed,)) as (rt, endpoint):
+        for path in (other / "secret.csv", allowed / "link.csv", allowed / ".." / "elsewhere" / "secret.csv"):
+            expect_validation(rt, f"{header}: {re.escape(str(path))} is outside the directories inputs are read "
+                              rf"from \(--async-input-root: {re.escape(str(allowed))}\)", InputLocation=str(path))
+        ok = rt.invoke_endpoint_async(EndpointName=NAME, InputLocation=(allowed / "ok.csv").as_uri())
+        wait_until(lambda: path_of(ok["OutputLocation"]).exists())
+        assert path_of(ok["OutputLocation"]).read_bytes() == b"echo:1"
+    # None (a front beyond loopback without roots): no local file at all; S3 still
+    with served(tmp_path / "state", config(tmp_path), FakeRouter(), input_roots=None) as (rt, endpoint):
+        expect_validation(rt, f"{header}: local files are not read by a front that listens beyond this machine",
+                          InputLocation=str(allowed / "ok.csv"))
+        assert endpoint.stats().accepted == 0
+
+
+def test_an_input_replaced_by_a_link_out_of_the_root_after_acceptance_fails(tmp_path: Path) -> None:
+    allowed = tmp_path / "inputs"
+    allowed.mkdir()
+    data, secret = allowed / "data.csv", tmp_path / "secret.csv"
+    data.write_bytes(b"1")
+    secret.write_bytes(b"2")
+    router = FakeRouter(open_gate=False)
+    with served(tmp_path / "state", config(tmp_path), router, input_roots=(allowed,),
+                default_max_concurrency=1) as (rt, endpoint):
+        first = rt.invoke_endpoint_async(EndpointName=NAME, Body=b"first")  # holds the only slot
+        wait_until(lambda: router.in_flight == 1)
+        answer = rt.invoke_endpoint_async(EndpointName=NAME, InputLocation=str(data))
+        data.unlink()
+        data.symlink_to(secret)
+        router.gate.set()
+        failure = path_of(answer["FailureLocation"])
+        wait_until(failure.exists)
+        assert "is outside the directories inputs are read from" in failure.read_text()
+        assert b"echo:2" not in b"".join(c.body for c in router.calls)
+        wait_until(lambda: path_of(first["OutputLocation"]).exists())
+
+
 def test_a_non_integer_header_is_one_validation_error(tmp_path: Path) -> None:
     with served(tmp_path / "state", config(tmp_path), FakeRouter()) as (rt, _):
         url = f"{rt.meta.endpoint_url}/endpoints/{NAME}/async-invocations"

@@ -161,13 +161,17 @@ def test_model_fn_failure_makes_ping_503_with_reason(tmp_path: Path, caplog) -> 
     assert client.post("/invocations", data="[1]", content_type="application/json").status_code == 503
 
 
-def test_import_error_vs_module_not_found(tmp_path: Path) -> None:
+def test_import_error_vs_module_not_found(tmp_path: Path, caplog) -> None:
     write_module(tmp_path, "import package_that_does_not_exist_xyz\n")
-    _, entry = client_for(tmp_path)
+    client, entry = client_for(tmp_path)
     assert entry.state is ModelState.FAILED
     assert "error importing handler module" in entry.reason
     assert "package_that_does_not_exist_xyz" in entry.reason
-    assert "Traceback" in entry.reason
+    assert "Traceback" not in entry.reason and "\n" not in entry.reason  # one line: clients see it
+    for answer in (client.get("/ping"), client.post("/invocations", data="[1]", content_type="application/json")):
+        assert answer.status_code == 503 and "package_that_does_not_exist_xyz" in answer.json["message"]
+        assert "Traceback" not in answer.get_data(as_text=True)
+    assert "Traceback" in caplog.text and 'File "' in caplog.text  # the log has where it failed
 
     other = tmp_path / "other"
     _, entry2 = client_for(other, SAGEMAKER_PROGRAM="custom.py")

@@ -132,6 +132,14 @@ def test_malformed_file_names_the_file(tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["hyperparameters.json", "resourceconfig.json", "inputdataconfig.json"])
+def test_a_file_nested_too_deeply_names_the_file(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, name, "[" * 100_000 + "]" * 100_000)  # (json's RecursionError, not a bug of smbyoc)
+    with pytest.raises(ConfigError, match="is not usable JSON: it nests deeper than the parser goes") as info:
+        TrainingEnv.from_env({}, tmp_path, detect_devices=False)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["hyperparameters.json", "resourceconfig.json", "inputdataconfig.json"])
 def test_file_that_is_not_an_object(tmp_path: Path, name: str) -> None:
     write(tmp_path, name, "[]")
     with pytest.raises(ConfigError, match=name):

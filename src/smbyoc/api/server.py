@@ -39,6 +39,7 @@ from smbyoc.api.transform import TransformJobs
 from smbyoc.emulator.http_server import HttpServer, Request, Response
 from smbyoc.emulator.loop_thread import LoopThread
 from smbyoc.errors import ConfigError
+from smbyoc.serving.ports import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ TARGET_PREFIX = "SageMaker."
 MAX_BODY_BYTES = 6 * 1024 * 1024
 #: Seconds an invocation may take through the proxy: the front's 60 s limit answers first.
 PROXY_TIMEOUT = 75.0
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _FORWARDED_PREFIXES = ("content-type", "accept", "x-amzn-sagemaker-", "x-amzn-inference-")
 _UPSTREAM_OWN = frozenset({"content-length", "transfer-encoding", "connection", "date", "keep-alive", "server"})
 
@@ -79,7 +79,7 @@ class ApiConfig:
 
     @property
     def token_required(self) -> bool:
-        return self.require_token or self.host not in LOOPBACK
+        return self.require_token or not is_loopback(self.host)
 
 
 def _error(error: ApiError, request_id: str) -> Response:

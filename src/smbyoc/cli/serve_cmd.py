@@ -83,6 +83,11 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
               help="With --endpoint-config: what an SNS topic of NotificationConfig stands for: a JSON Lines file "
                    "(absolute path or file:// URI) or cmd:ARGV (the message on stdin). Default: "
                    "<state dir>/async/<endpoint>/notifications/<topic>.jsonl. Repeatable.")
+@click.option("--async-input-root", "async_input_roots", multiple=True, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --endpoint-config: a directory a local InputLocation of InvokeEndpointAsync may be in "
+                   "(links resolved; repeatable). Default: any file but /proc, /sys and /dev on a loopback "
+                   "--bind-address; no local file beyond loopback.")
 @endpoint_url_option
 @library_errors
 def local_serve(
@@ -91,7 +96,7 @@ def local_serve(
     ready_file: Path | None, require_nginx: bool, multi_model: str | None, invocation_timeout: float,
     max_loaded_models: int, container_texts: tuple[str, ...], inference_execution_mode: str,
     endpoint_config: Path | None, endpoint_name: str | None, seed: int | None, serverless_idle_timeout: float,
-    async_topics: tuple[str, ...], endpoint_url: str | None,
+    async_topics: tuple[str, ...], async_input_roots: tuple[Path, ...], endpoint_url: str | None,
 ) -> None:
     """Serve a model as a SageMaker endpoint until Ctrl-C (SIGTERM, then SIGKILL after 30 s).
 
@@ -118,9 +123,10 @@ def local_serve(
                               (container_texts or None, "--container")):
             if given is not None:
                 raise ConfigError("the endpoint configuration file names the images and models", key=option)
-    elif endpoint_name is not None or seed is not None or async_topics:
+    elif endpoint_name is not None or seed is not None or async_topics or async_input_roots:
         raise ConfigError("only with --endpoint-config",
-                          key="--endpoint-name" if endpoint_name else "--seed" if seed is not None else "--async-topic")
+                          key="--endpoint-name" if endpoint_name else "--seed" if seed is not None else
+                          "--async-topic" if async_topics else "--async-input-root")
     if multi_model is not None and model_data is not None:
         raise ConfigError("a multi-model endpoint takes its models from --multi-model DIR", key="--model-data")
     if container_texts:
@@ -143,7 +149,8 @@ def local_serve(
     try:
         if endpoint_config is not None:
             endpoint = _hosted_endpoint(mode, spec, endpoint_config, endpoint_name, seed, user, require_nginx,
-                                        serverless_idle_timeout, parse_pairs(async_topics, "--async-topic"), staging)
+                                        serverless_idle_timeout, parse_pairs(async_topics, "--async-topic"), staging,
+                                        async_input_roots)
         elif container_texts:
             endpoint = _multi_container_endpoint(mode, spec, container_texts, inference_execution_mode, user,
                                                  require_nginx)
@@ -230,7 +237,8 @@ def stage_container_model(text: str, staging: Staging) -> str:
 
 def _hosted_endpoint(mode: str, spec: EndpointSpec, path: Path, name: str | None, seed: int | None,
                      user: str | None, require_nginx: bool, serverless_idle_timeout: float,
-                     topics: list[tuple[str, str]], staging: Staging | None = None) -> HostedEndpoint:
+                     topics: list[tuple[str, str]], staging: Staging | None = None,
+                     async_input_roots: tuple[Path, ...] = ()) -> HostedEndpoint:
     from dataclasses import replace as with_name
 
     from smbyoc.emulator.endpoint_config import load_endpoint_config
@@ -242,7 +250,8 @@ def _hosted_endpoint(mode: str, spec: EndpointSpec, path: Path, name: str | None
     options = HostingOptions(mode=mode, port=spec.port, bind_address=spec.bind_address, user=user,
                              require_nginx=require_nginx, seed=seed, environment=tuple(spec.environment.items()),
                              serverless_idle_timeout=serverless_idle_timeout, topics=tuple(topics),
-                             s3_endpoint_url=staging.endpoint_url if staging is not None else None)
+                             s3_endpoint_url=staging.endpoint_url if staging is not None else None,
+                             async_input_roots=async_input_roots)
     if mode == "process":
         if user is not None:
             raise ConfigError("only for --mode docker", key="--user")

@@ -174,6 +174,20 @@ class Router(Protocol):
 
 
 _FORWARDED = tuple((name, name.lower(), limit) for name, limit in FORWARDED_HEADERS.items())
+#: Headers whose botocore pattern is ``\p{ASCII}*``, and those whose pattern is ``\A\S[\p{Print}]*\z`` (min 1).
+_ASCII_HEADERS = frozenset({"Content-Type", "Accept"})
+_PRINTABLE_HEADERS = frozenset({"X-Amzn-SageMaker-Inference-Id", "X-Amzn-SageMaker-Target-Model"})
+
+
+def check_printable(name: str, value: str) -> str:
+    r"""``value`` of header ``name`` as botocore's ``\A\S[\p{Print}]*\z`` takes it: at least one character, printable
+    US-ASCII, not starting with a space; else a ``ValidationError`` naming the header."""
+    if not value:
+        raise validation_error(f"{name}: the value is empty; it needs at least 1 character")
+    if value[0] == " " or not (value.isascii() and value.isprintable()):
+        raise validation_error(f"{name}: the value must be printable US-ASCII characters and not start with a "
+                               "space")
+    return value
 
 
 def forwarded_headers(headers: Mapping[str, str], *, lowered: bool = False) -> dict[str, str]:
@@ -188,7 +202,12 @@ def forwarded_headers(headers: Mapping[str, str], *, lowered: bool = False) -> d
             continue
         if limit is not None and len(value) > limit:
             raise validation_error(f"{name}: the value has {len(value)} characters; the limit is {limit}")
-        if name == "X-Amzn-SageMaker-Custom-Attributes" and not (value.isascii() and value.isprintable()):
+        if name in _ASCII_HEADERS:
+            if not value.isascii():
+                raise validation_error(f"{name}: the value must be US-ASCII characters")
+        elif name in _PRINTABLE_HEADERS:
+            check_printable(name, value)
+        elif name == "X-Amzn-SageMaker-Custom-Attributes" and not (value.isascii() and value.isprintable()):
             raise validation_error(f"{name}: the value must be visible US-ASCII characters")
         kept[name] = value
     return kept
@@ -252,7 +271,9 @@ def model_error(reply: Reply, endpoint_name: str, region: str = LOCAL_REGION) ->
 
 _ASYNC_ROUTE = "async-invocations"
 #: ``/endpoints/{name}/invocations``, ``/endpoints/{name}/async-invocations``, ``/_smbyoc/endpoints/{name}[/weights]``
-_ROUTE = re.compile(r"/(endpoints|_smbyoc/endpoints)/([^/]+)(?:/(invocations|async-invocations|weights))?")
+_STREAM_ROUTE = "invocations-response-stream"
+_ROUTE = re.compile(r"/(endpoints|_smbyoc/endpoints)/([^/]+)"
+                    r"(?:/(invocations|async-invocations|invocations-response-stream|weights))?")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 #: The event loop of a front made without ``event_loop`` (the tests run every front test on both loops).
 DEFAULT_EVENT_LOOP = "auto"
@@ -378,10 +399,14 @@ class Front:
         if "%" in name:
             name = urllib.parse.unquote(name, errors="surrogateescape")
         if prefix == "endpoints":
-            if action not in ("invocations", _ASYNC_ROUTE):
+            if action not in ("invocations", _ASYNC_ROUTE, _STREAM_ROUTE):
                 return plain(404, "404: Not Found")
             if method != "POST":
                 return _not_allowed("POST")
+            if action == _STREAM_ROUTE:
+                return self.error_response(validation_error(
+                    "InvokeEndpointWithResponseStream is not emulated by smbyoc's endpoint front; use "
+                    "InvokeEndpoint (or InvokeEndpointAsync on an asynchronous endpoint)"))
             if action == _ASYNC_ROUTE:
                 return await self._async_invocations(request, name)
             if name == self.endpoint_name:  # (spelled with percent-escapes)
@@ -415,8 +440,8 @@ class Front:
 
         if self.control is None or name != self.endpoint_name:
             raise validation_error(f"Could not find endpoint \"{name}\".")
-        given = request.headers.get(CONTROL_TOKEN_HEADER.lower(), "")
-        if not hmac.compare_digest(given.encode(), self.control.token.encode()):
+        given = request.headers.get(CONTROL_TOKEN_HEADER.lower(), "")  # (any bytes: decoded with surrogateescape)
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.control.token.encode()):
             raise FrontError(403, "AccessDeniedException", f"{CONTROL_TOKEN_HEADER} is missing or wrong")
         return self.control
 
@@ -441,6 +466,9 @@ class Front:
             control.update_weights(desired)
         except FrontError as e:
             return self.error_response(e)
+        except Exception as e:
+            log.exception("the endpoint front failed a weight update")
+            return self.error_response(FrontError(500, "InternalFailure", f"{type(e).__name__}: {e}"))
         return _json({"EndpointArn": f"arn:aws:sagemaker:{LOCAL_REGION}:{LOCAL_ACCOUNT}:endpoint/"
                                      f"{self.endpoint_name}"})
 

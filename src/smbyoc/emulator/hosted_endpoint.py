@@ -55,7 +55,7 @@ from smbyoc.emulator.front import (
 from smbyoc.emulator.owners import process_tree
 from smbyoc.emulator.variants import LEAST_OUTSTANDING, EndpointRouter, Instance, Variant
 from smbyoc.errors import ConfigError, ServingError
-from smbyoc.serving.ports import free_port
+from smbyoc.serving.ports import free_port, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,10 @@ class HostingOptions:
     #: Asynchronous endpoints: the S3 endpoint (``--endpoint-url``) for s3:// output, failure and input locations;
     #: None: botocore's own (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, else AWS).
     s3_endpoint_url: str | None = None
+    #: Asynchronous endpoints: the directories a local ``InputLocation`` may be in (symbolic links resolved). Empty:
+    #: any file but the kernel's pseudo-file systems while the front listens on a loopback address; no local file
+    #: at all when it listens beyond this machine (a caller there would read this machine's files through it).
+    async_input_roots: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.shadow_nice <= 19:
@@ -327,9 +331,12 @@ class HostedEndpoint:
         assert self.definition.async_config is not None
         state = self.options.async_state_dir or jobs.state_dir() / "async" / self.definition.endpoint_name
         instances = sum(v.initial_instance_count or 1 for v in self.definition.production_variants)
+        roots: tuple[Path, ...] | None = tuple(Path(os.path.realpath(r)) for r in self.options.async_input_roots)
+        if not roots and not is_loopback(self.options.bind_address):
+            roots = None
         return AsyncEndpoint(self.definition.async_config, self.definition.endpoint_name, state, router.invoke,
                              instances=instances, topics=dict(self.options.topics),
-                             endpoint_url=self.options.s3_endpoint_url)
+                             endpoint_url=self.options.s3_endpoint_url, input_roots=roots)
 
     def _serverless_variant(self, definition: VariantDefinition) -> Variant:
         from smbyoc.emulator.serverless import ServerlessConfig, ServerlessVariant, serverless_limits
@@ -513,6 +520,8 @@ class HostedEndpoint:
             if unknown:
                 raise validation_error(f"{where}: unknown field {sorted(unknown)[0]}")
             name = entry["VariantName"]
+            if any(earlier.get("VariantName") == name for earlier in desired[:position]):
+                raise validation_error(f"{where}.VariantName: {name} is given more than once")
             if "DesiredInstanceCount" in entry:
                 current = next((len(v.instances) for v in self.router.production if v.name == name), None)
                 if entry["DesiredInstanceCount"] != current:
@@ -523,6 +532,9 @@ class HostedEndpoint:
                 weight = entry["DesiredWeight"]
                 if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                     raise validation_error(f"{where}.DesiredWeight must be a number")
-                weights[name] = float(weight)
+                try:
+                    weights[name] = float(weight)
+                except OverflowError:  # (an integer beyond a double)
+                    raise validation_error(f"{where}.DesiredWeight is out of range") from None
         self.router.update_weights(weights)
 

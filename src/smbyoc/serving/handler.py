@@ -24,7 +24,6 @@ import inspect
 import itertools
 import logging
 import sys
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +92,8 @@ def import_user_module(env: ServingEnv, directories: list[Path] | None = None) -
 
     It is looked up in ``directories`` (default ``SAGEMAKER_SUBMIT_DIRECTORY``, then ``<model_dir>/code``),
     then on ``sys.path``. Raises :class:`UserCodeError` for a named module that does not exist ("not found")
-    and, distinctly, for a module that exists but fails to import (with the module's traceback).
+    and, distinctly, for a module that exists but fails to import (one line; the traceback is the chained
+    exception's, which the log shows and clients never see).
     """
     name = env.module_name
     if directories is None:
@@ -123,8 +123,7 @@ def import_user_module(env: ServingEnv, directories: list[Path] | None = None) -
     try:
         return importlib.import_module(name)
     except (Exception, SystemExit) as e:
-        tb = traceback.format_exc()
-        raise UserCodeError(f"error importing handler module {location}: {type(e).__name__}: {e}\n{tb}") from e
+        raise UserCodeError(f"error importing handler module {location}: {type(e).__name__}: {e}") from e
 
 
 _MODULE_NUMBERS = itertools.count(1)
@@ -171,8 +170,7 @@ def import_model_module(env: ServingEnv, model_dir: Path, model_name: str) -> tu
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as e:
         sys.modules.pop(unique, None)
-        tb = traceback.format_exc()
-        raise UserCodeError(f"error importing handler module {path}: {type(e).__name__}: {e}\n{tb}") from e
+        raise UserCodeError(f"error importing handler module {path}: {type(e).__name__}: {e}") from e
     finally:
         if str(directory) in sys.path:
             sys.path.remove(str(directory))

@@ -61,15 +61,19 @@ def nginx_error_bodies(env: ServingEnv) -> dict[str, str]:
     """The bodies of the errors nginx answers itself, from the same function as every other error body."""
     routes = ("GET /ping, GET and POST /models, GET and DELETE /models/<name>, POST /models/<name>/invoke"
               if env.multi_model else "GET /ping, POST /invocations, GET /execution-parameters")
-    bodies = {
-        404: f"no such route; routes are {routes}",
-        413: f"request body exceeds {env.max_body_text}",
+    bodies = {  # template name: (the status sent, the message)
+        "body_400": (400, "the request is not well-formed HTTP/1.1 (its request line, a header or its chunked body)"),
+        # nginx's own 494 (a request line or header over large_client_header_buffers), sent as 400
+        "body_494": (400, "the request line or a header field is too large (at most 8 KB each)"),
+        "body_404": (404, f"no such route; routes are {routes}"),
+        "body_413": (413, f"request body exceeds {env.max_body_text}"),
         # nginx's 502 (the upstream closed without a complete answer) is sent as this 503
-        503: "the model server answered nothing complete: the worker handling this request exited (or no worker "
-             "is accepting connections), or its response failed midway (the serve log says which); retry the request",
-        504: f"the model server did not answer within {env.timeout_text}",
+        "body_503": (503, "the model server answered nothing complete: the worker handling this request exited (or "
+                          "no worker is accepting connections), or its response failed midway (the serve log says "
+                          "which); retry the request"),
+        "body_504": (504, f"the model server did not answer within {env.timeout_text}"),
     }
-    return {f"body_{status}": nginx_quoted(error_body(status, message)) for status, message in bodies.items()}
+    return {name: nginx_quoted(error_body(status, message)) for name, (status, message) in bodies.items()}
 
 
 def multi_model_locations(env: ServingEnv) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from smbyoc.errors import ServingError
@@ -17,6 +18,16 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
             return False
     return True
 
+
+def is_loopback(host: str) -> bool:
+    """Whether a server listening on ``host`` is reachable from this machine only (``localhost``, 127.0.0.0/8,
+    ``::1``); ``0.0.0.0``, ``::``, ``""`` and other addresses are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -231,6 +231,8 @@ def run_user_program(env: TrainingEnv, code_dir: Path, environ: Mapping[str, str
     for command in install_commands(program, allow=SMBYOC_ALLOW_REQUIREMENTS_INSTALL.get(environ)):
         log.info("installing: %s", " ".join(command))
         result = _start(command, code_dir, child_env, "pip")
+        if not result.ok and result.forwarded_signals:  # stopped while installing: a stop, not a network problem
+            raise _Stopped(result.forwarded_signals[0])
         if not result.ok:
             raise _Failed("InstallRequirementsError",
                           f"{' '.join(command[1:])} failed with exit status {result.exit_status}; "

@@ -106,7 +106,8 @@ class AsyncEndpoint:
                  invoke: Callable[[Call], Awaitable[Reply]], *, instances: int = 1,
                  clock: Callable[[], float] = time.time, tick: float = DEFAULT_TICK,
                  default_max_concurrency: int = DEFAULT_MAX_CONCURRENCY, region: str = LOCAL_REGION,
-                 topics: Mapping[str, str] | None = None, endpoint_url: str | None = None) -> None:
+                 topics: Mapping[str, str] | None = None, endpoint_url: str | None = None,
+                 input_roots: tuple[Path, ...] | None = ()) -> None:
         if instances < 0:
             raise ConfigError(f"{instances}: expected 0 or more", key="instances")
         self.state_dir = Path(state_dir)
@@ -115,6 +116,8 @@ class AsyncEndpoint:
         self.max_concurrency = self.settings.max_concurrency
         self.endpoint_name = endpoint_name
         self.invoke = invoke
+        #: Where local InputLocations may be (request.check_local_input): checked at acceptance and again at read.
+        self.input_roots = input_roots
         self.instances = instances
         self.clock = clock
         self.tick = tick
@@ -168,7 +171,7 @@ class AsyncEndpoint:
         """Validate, make durable, queue; 202 with the InferenceId and the two locations."""
         if self._closing:
             raise FrontError(503, "ServiceUnavailable", f"endpoint {self.endpoint_name} is stopping")
-        request = req.parse_request(headers, body)
+        request = req.parse_request(headers, body, self.input_roots)
         request_id = str(uuid.uuid4())
         inference_id = request.inference_id or request_id
         where = req.locations(request, request_id, self.settings.output, self.settings.failure)
@@ -324,10 +327,14 @@ class AsyncEndpoint:
             body = record.body
             if body is None:
                 source = from_text(str(record.input_path))
+                if not isinstance(source, S3Uri):  # (replaced by a link since, or the roots changed at a restart)
+                    source = req.check_local_input(source, self.input_roots)
                 body = await asyncio.to_thread(self.storage.read, source, limit=req.MAX_PAYLOAD)
         except StorageErrors as e:
             return outcome.failure(record, f"ClientError: the input {record.input_path} cannot be read: "
                                            f"{describe(e)}")
+        except FrontError as e:
+            return outcome.failure(record, f"ClientError: {e.message}")
         headers = {name: value for name, value in (
             ("Content-Type", record.content_type), ("Accept", record.accept),
             ("X-Amzn-SageMaker-Custom-Attributes", record.custom_attributes),

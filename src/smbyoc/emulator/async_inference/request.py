@@ -13,6 +13,7 @@ a local path or an S3 object as the configuration says.
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smbyoc.emulator.async_inference.storage import Location, below
-from smbyoc.emulator.front import FrontError, validation_error
+from smbyoc.emulator.front import FrontError, check_printable, validation_error
 from smbyoc.errors import ConfigError
 from smbyoc.s3.uri import S3Uri, key_problem
 
@@ -51,6 +52,25 @@ FILENAME_MAX = 32
 EXTENSION_PATTERN = re.compile(r"(?!s3:|https:)[a-zA-Z0-9!_.*'()/-]+")
 FILENAME_PATTERN = re.compile(r"(?!.*\..*\.)[a-zA-Z0-9][a-zA-Z0-9\-_.]*")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+#: Kernel pseudo-file systems: no payload lives there, and /proc/self/environ is the front's own environment.
+PSEUDO_FILE_SYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def check_local_input(path: Path, roots: tuple[Path, ...] | None) -> Path:
+    """The real path of local input ``path`` when the front may read it: below one of ``roots`` (symbolic links
+    resolved first) when there are roots, anywhere but the kernel's pseudo-file systems when ``roots`` is empty,
+    nowhere when ``roots`` is None (a front reachable beyond this machine without ``--async-input-root``); else a
+    ``ValidationError`` naming the header."""
+    if roots is None:
+        raise validation_error(f"{INPUT_LOCATION}: local files are not read by a front that listens beyond this "
+                               "machine; give s3://bucket/key, or start it with --async-input-root DIR")
+    real = Path(os.path.realpath(path))
+    if any(real.is_relative_to(pseudo) for pseudo in PSEUDO_FILE_SYSTEMS):
+        raise validation_error(f"{INPUT_LOCATION}: {path} is in a kernel pseudo-file system, not a payload file")
+    if roots and not any(real.is_relative_to(root) for root in roots):
+        raise validation_error(f"{INPUT_LOCATION}: {path} is outside the directories inputs are read from "
+                               f"(--async-input-root: {', '.join(map(str, roots))})")
+    return real
 
 
 @dataclass(frozen=True)
@@ -105,13 +125,10 @@ def _inference_id(headers: Mapping[str, str]) -> str | None:
     value = headers.get(INFERENCE_ID.lower())
     if value is None:
         return None
-    if not 1 <= len(value) <= INFERENCE_ID_MAX:
+    if len(value) > INFERENCE_ID_MAX:
         raise validation_error(f"{INFERENCE_ID}: the value has {len(value)} characters; expected 1 to "
                                f"{INFERENCE_ID_MAX}")
-    if value[0].isspace() or not all(" " <= c <= "~" for c in value):
-        raise validation_error(f"{INFERENCE_ID}: the value must be printable US-ASCII characters and not start "
-                               "with a space")
-    return value
+    return check_printable(INFERENCE_ID, value)
 
 
 def _extension(headers: Mapping[str, str]) -> tuple[str, ...]:
@@ -143,10 +160,11 @@ def _filename(headers: Mapping[str, str]) -> str | None:
     return value
 
 
-def input_location(location: str) -> Location:
+def input_location(location: str, roots: tuple[Path, ...] | None = ()) -> Location:
     """Where the payload ``X-Amzn-SageMaker-InputLocation`` names is: an ``s3://bucket/key`` object (its syntax
     checked; the object is read when the request runs) or a local file (an absolute path or a ``file://`` URI),
-    which must be a regular file within the payload limit."""
+    which must be a regular file within the payload limit that :func:`check_local_input` lets the front read
+    (``roots``); the local file is returned as its real path."""
     if not 1 <= len(location) <= INPUT_LOCATION_MAX:
         raise validation_error(f"{INPUT_LOCATION}: the value has {len(location)} characters; expected 1 to "
                                f"{INPUT_LOCATION_MAX}")
@@ -174,6 +192,9 @@ def input_location(location: str) -> Location:
         if not path.is_absolute():
             raise validation_error(f"{INPUT_LOCATION}: {location!r} is a relative path; give an absolute path or a "
                                    "file:///path URI")
+    if "\0" in str(path):
+        raise validation_error(f"{INPUT_LOCATION}: {location!r}: a NUL character in the path")
+    path = check_local_input(path, roots)
     try:
         info = path.stat()
     except OSError as e:
@@ -186,10 +207,11 @@ def input_location(location: str) -> Location:
     return path
 
 
-def parse_request(headers: Mapping[str, str], body: bytes) -> AsyncRequest:
+def parse_request(headers: Mapping[str, str], body: bytes, input_roots: tuple[Path, ...] | None = ()
+                  ) -> AsyncRequest:
     """The request ``headers`` (any case) and ``body`` describe; :class:`FrontError` (400 ``ValidationError``)
     naming the first bad header otherwise. ``inference_id`` is empty when the header is absent (the caller
-    generates one)."""
+    generates one); ``input_roots``: where a local InputLocation may be (:func:`check_local_input`)."""
     lowered = {name.lower(): value for name, value in headers.items()}
     location = lowered.get(INPUT_LOCATION.lower())
     content_type = _text(lowered, CONTENT_TYPE, MAX_TEXT)
@@ -211,7 +233,7 @@ def parse_request(headers: Mapping[str, str], body: bytes) -> AsyncRequest:
     if location is None and len(body) > MAX_INLINE_BODY:
         raise validation_error(f"Body: the request body has {len(body):,} bytes; the limit is {MAX_INLINE_BODY:,} "
                                f"(put larger payloads in a file and give {INPUT_LOCATION})")
-    where = input_location(location) if location is not None else None
+    where = input_location(location, input_roots) if location is not None else None
     return AsyncRequest(inference_id or "", body if where is None else None, where, content_type, accept, custom,
                         ttl, timeout, extension, filename)
 
