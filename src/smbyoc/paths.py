@@ -5,7 +5,9 @@ contract.md §1.2 lists the paths and their sources. Nothing here touches the fi
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +117,19 @@ def check_channel_name(name: str) -> str:
     if name in (".", ".."):  # SageMaker's pattern lets them through; as a folder name they leave input/data/
         raise ConfigError("'.' and '..' name no folder below input/data/", key=f"channel {name!r}")
     return name
+
+
+def check_creatable_dir(path: Path, key: str) -> None:
+    """Refuse (ConfigError naming ``key``) a directory ``path`` that exists as something else, or that cannot be
+    created or written where it would be: checked before a job runs, so that its outputs are not lost at the end.
+    A probe directory is made in ``path`` or its nearest existing ancestor and removed at once; nothing else is
+    created."""
+    current = path
+    while not current.exists() and not current.is_symlink() and current.parent != current:
+        current = current.parent
+    if not current.is_dir():
+        raise ConfigError(f"{current} is not a directory", key=key)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".smbyoc-probe-", dir=current))
+    except OSError as e:
+        raise ConfigError(f"cannot create directories in {current}: {e.strerror or e}", key=key) from e

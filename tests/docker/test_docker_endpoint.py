@@ -125,9 +125,11 @@ def test_local_serve_cli_ctrl_c_and_invoke(foreign_image, docker_client, tmp_pat
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["echo"] == '{"a": 1}'
     proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # while the container is being stopped: a second signal must not cut the cleanup short
+    proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "Endpoint stopped." in err
+    assert "Endpoint stopped." in err and "Aborted" not in err
     assert not ready.exists()
     assert endpoint_containers(docker_client) == []
 

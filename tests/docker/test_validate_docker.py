@@ -118,6 +118,18 @@ def test_each_broken_image_fails_exactly_its_check(check: str, docker_client: An
         assert EXAMPLE_SECRET not in lines + json.dumps(report.to_dict()) + report.junit_xml().decode()
 
 
+def test_a_skipped_serve_ping_is_never_the_failure_of_an_endpoint_that_does_not_start(
+        docker_client: Any, validate_images: dict[str, str], payload: Path) -> None:
+    report = validate_image(validate_images["serve-ping"], kind="serve", payload=payload, client=docker_client,
+                            options=ValidateOptions(**{**FAST, "startup_timeout": 6.0},
+                                                    skip=("serve-ping", "serve-sigterm")))
+    lines = "\n".join(report.lines())
+    assert [r.name for r in report.results].count("serve-ping") == 1 and report.result("serve-ping").status == "n/a"
+    assert [r.name for r in report.failures()] == ["serve-invocations"], lines  # the first check still wanted
+    assert "did not answer 200 within the startup" in report.result("serve-invocations").detail
+    assert report.result("serve-payload-limit").status == "n/a" and not report.ok
+
+
 def test_a_hung_training_job_fails_its_check_at_the_deadline(docker_client: Any,
                                                             validate_images: dict[str, str]) -> None:
     report = validate_image(validate_images[CONTROL], kind="train", client=docker_client,

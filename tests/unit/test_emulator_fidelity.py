@@ -151,6 +151,8 @@ def test_spec_refuses_bad_lifecycle_values(tmp_path: Path) -> None:
     (["--max-runtime", "-5"], "--max-runtime -5"),
     (["--spot-interruption-after", "-1"], "--spot-interruption-after -1"),
     (["--distribution", "Sharded"], "--distribution job=Sharded: expected one of"),
+    (["-o", "/proc/smbyoc-no"], "--output-dir /proc/smbyoc-no: cannot create directories in /proc"),
+    (["-o", "data/m.json"], "m.json is not a directory"),  # (said before training, not after)
 ])
 def test_bad_input_is_one_line_before_anything_starts(tmp_path: Path, args: list[str], culprit: str) -> None:
     import subprocess
@@ -158,7 +160,7 @@ def test_bad_input_is_one_line_before_anything_starts(tmp_path: Path, args: list
 
     data = files(tmp_path / "data", {"m.json": b'[{"prefix": "."}, "m.json"]'})
     proc = subprocess.run([sys.executable, "-m", "smbyoc.cli", "local-train", "--mode", "process",
-                           "--train-command", "true", "-c", f"train={data / 'm.json'}", *args, "-o", "out"],
+                           "--train-command", "true", "-c", f"train={data / 'm.json'}", "-o", "out", *args],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
@@ -191,6 +193,30 @@ def test_process_mode_pipe_channel_end_to_end(tmp_path: Path) -> None:
     with tarfile.open(result.artifacts.model.path) as tar:  # type: ignore[union-attr]
         assert tar.extractfile("got.txt").read() == b"abcdef,abcdef"  # type: ignore[union-attr]
     assert threading.active_count() < 10
+
+
+def test_a_stop_made_as_the_job_starts_is_kept(tmp_path: Path) -> None:
+    """Ctrl-C between the job's start and the program's: the stop is not lost when the backend starts running."""
+    import sys
+    import time
+
+    from smbyoc.emulator.process_backend import ProcessBackend
+    from smbyoc.emulator.training_job import run_training_job
+
+    program = tmp_path / "long.py"
+    program.write_text("import pathlib, time\n"
+                       "from smbyoc.paths import Paths\n"
+                       "time.sleep(30)\n"
+                       "(Paths.from_env().model_dir / 'trained').write_text('yes')\n")
+    backend = ProcessBackend(command=[sys.executable, str(program)])
+    backend.stop()  # what the signal handler does when Ctrl-C comes as the job reaches Training
+    started = time.monotonic()
+    result = run_training_job(TrainingJobSpec(job_name="stop-at-start", hyperparameters={}), backend,
+                              tmp_path / "out")
+    assert time.monotonic() - started < 15  # not the program's 30 s
+    assert not (tmp_path / "out" / "stop-at-start" / "output" / "model" / "trained").exists()
+    assert not backend._stopping.is_set()  # cleared at the end: the backend runs again (a spot restart)
+    assert not result.succeeded
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,7 @@ def test_refusal_with_a_single_check() -> None:
 @pytest.mark.parametrize(("image", "tag"), [
     ("my-model:1.0", "1.0"), ("my-model", "latest"), ("127.0.0.1:5000/m", "latest"), ("r.io:5000/m:v2", "v2"),
     ("sha256:" + "a" * 64, "latest"), ("abc123", "latest"),
+    ("127.0.0.1:5055/m@sha256:" + "a" * 64, "latest"), ("r.io/m:v3@sha256:" + "b" * 64, "v3"),  # (by digest)
 ])
 def test_default_tag_is_the_images(image: str, tag: str) -> None:
     assert default_tag(image) == tag

@@ -56,11 +56,12 @@ def test_worker_refusals_use_it() -> None:
 def test_nginx_answers_use_it(tmp_path: Path) -> None:
     env = ServingEnv(max_payload_mb=3, max_body_mb=3, timeout=17)
     conf = render_nginx_conf(env, tmp_path, tmp_path / "g.sock")
-    answers = dict(re.findall(r"return (4\d\d|5\d\d) '(.*)';", conf))
-    assert set(answers) == {"404", "413", "503", "504"}
-    for status, text in answers.items():
+    returns = re.findall(r"return (4\d\d|5\d\d) '(.*)';", conf)
+    assert sorted(status for status, _ in returns) == ["400", "400", "404", "413", "503", "504"]  # 400: and 494
+    for status, text in returns:
         payload = json.loads(text)
         assert text.encode() == error_body(int(status), payload["message"])
+    answers = dict(returns)
     assert "SAGEMAKER_MAX_PAYLOAD_IN_MB=3 (3145728 bytes)" in answers["413"]
     assert "SAGEMAKER_MODEL_SERVER_TIMEOUT=17 s" in answers["504"]
 

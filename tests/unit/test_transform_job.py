@@ -7,6 +7,7 @@ import http.server
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,17 @@ def test_validation_names_the_culprit(tmp_path: Path, options: dict[str, Any], m
     with pytest.raises(ConfigError) as info:
         make_spec(tmp_path, **options).validate()
     assert message in str(info.value)
+
+
+def test_an_output_that_cannot_be_a_directory_is_named_before_anything_runs(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for output, words in ((tmp_path / "file" / "out", "file is not a directory"),
+                          (Path("/proc/smbyoc-no/out"), "cannot create directories in /proc")):
+        with pytest.raises(ConfigError) as info:
+            replace(make_spec(tmp_path), output_dir=output).validate()
+        assert str(info.value).startswith(f"--output {output}: ") and words in str(info.value)
+    replace(make_spec(tmp_path), output_dir=tmp_path / "new" / "deep").validate()  # to be made: fine, not made yet
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".smbyoc-probe-*"))
 
 
 def test_a_product_of_exactly_100_is_accepted(tmp_path: Path) -> None:

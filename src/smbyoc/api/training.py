@@ -172,13 +172,14 @@ class TrainingJobs(Jobs):
     def _execute(self, name: str, request: dict[str, Any], context: Any, run: _Run,
                  staging: Any) -> dict[str, Any]:
         from smbyoc.emulator.local_training import make_backend, training_spec
-        from smbyoc.emulator.training_job import run_training_job
+        from smbyoc.emulator.training_job import check_output_dir, run_training_job
 
         job = self._local_job(name, request, staging)
         spec, code_dir = training_spec(job)
         spec.validate()
         backend = make_backend(job, code_dir, self._sink(name))
         backend.preflight(spec)
+        check_output_dir(spec, job.output_dir.resolve())
         with run.lock:
             run.backend = backend
             if run.stop_requested.is_set():

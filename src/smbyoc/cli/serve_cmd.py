@@ -28,7 +28,16 @@ if TYPE_CHECKING:
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """The first Ctrl-C or SIGTERM: stop the endpoint. The ones after it must not cut that cleanup short (a
+    container or a temporary tree would be left): they are said and otherwise ignored."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _while_stopping)
     raise KeyboardInterrupt
+
+
+def _while_stopping(signum: int, frame: FrameType | None) -> None:
+    click.echo(f"{signal.Signals(signum).name}: the endpoint is being stopped and removed already; this exits "
+               "once it is gone", err=True)
 
 
 @click.command("local-serve")
@@ -144,7 +153,7 @@ def local_serve(
     spec = EndpointSpec(model_data=local_model, port=port, bind_address=bind_address,
                         environment=dict(parse_pairs(env_pairs, "--env")),
                         startup_health_timeout=startup_health_timeout, instance_type=instance_type).validate()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {number: signal.signal(number, _interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     endpoint: Endpoint | MultiModelEndpoint | MultiContainerEndpoint | HostedEndpoint
     try:
         if endpoint_config is not None:
@@ -211,9 +220,10 @@ def local_serve(
         except KeyboardInterrupt:
             click.echo("Stopping the endpoint (SIGTERM, then SIGKILL after 30 s)...", err=True)
             endpoint.close()
-            click.echo("Endpoint stopped.", err=True)
+            click.echo("Endpoint stopped.", err=True)  # (exit 0: Ctrl-C is how a server is meant to end)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
 

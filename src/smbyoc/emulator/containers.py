@@ -21,7 +21,7 @@ from typing import Any
 from smbyoc.docker.client import translate_docker_errors
 from smbyoc.emulator import image_platform
 from smbyoc.emulator.owners import Owner
-from smbyoc.errors import DockerError
+from smbyoc.errors import ConfigError, DockerError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ def require_image(client: Any, image: str, *, instance_type: str | None = None) 
     the image's platform is not the instance's (:func:`smbyoc.emulator.image_platform.check`)."""
     import docker.errors
 
+    if not image.strip():
+        raise ConfigError("the image name is empty", key="image")
     try:
         found = client.images.get(image)
     except docker.errors.ImageNotFound as e:
@@ -58,6 +60,8 @@ def require_image(client: Any, image: str, *, instance_type: str | None = None) 
         ) from e
     except docker.errors.APIError as e:
         raise DockerError(f"Docker Engine error looking up image {image!r}: {e.explanation or e}") from e
+    except docker.errors.DockerException as e:  # (the SDK's own refusals: NullResource, InvalidRepository...)
+        raise DockerError(f"image {image!r}: {e}") from e
     if instance_type is not None:
         image_platform.check(image, getattr(found, "attrs", None) or {}, instance_type)
     return found

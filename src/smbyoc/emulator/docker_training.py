@@ -244,7 +244,15 @@ class DockerJobBackend(Generic[SpecT]):
 
     # -- running -------------------------------------------------------------------------------
     def run(self, spec: SpecT, trees: Sequence[HostTree]) -> list[HostOutcome]:
-        self._stopping.clear()
+        """Run the job's containers (processes) to their end. A :meth:`stop` made before it starts (Ctrl-C as the
+        job starts) is kept: nothing runs, or the program is stopped at once; the flag is cleared at the end
+        (a spot restart runs again on the same backend)."""
+        try:
+            return self._run(spec, trees)
+        finally:
+            self._stopping.clear()
+
+    def _run(self, spec: SpecT, trees: Sequence[HostTree]) -> list[HostOutcome]:
         self.started.clear()
         self._interrupted.clear()
         suffix = containers.unique_suffix()

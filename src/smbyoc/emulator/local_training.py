@@ -132,12 +132,13 @@ def run_local_training(
     ``sink``, its lines go there instead (and, with ``echo``, on to this process's output as they come).
     Ctrl-C and SIGTERM stop the job as StopTrainingJob does (on the main thread).
     """
-    from smbyoc.emulator.training_job import run_training_job
+    from smbyoc.emulator.training_job import check_output_dir, run_training_job
 
     spec, code_dir = training_spec(job)
     spec.validate()
     backend = make_backend(job, code_dir, sink, echo=echo)
     backend.preflight(spec)
+    check_output_dir(spec, job.output_dir.resolve())
     if on_start is not None:
         on_start(spec)
     return run_training_job(spec, backend, job.output_dir.resolve(), keep_tree=job.keep_tree, work_dir=job.work_dir,

@@ -29,6 +29,7 @@ from smbyoc.emulator.layout import HostTree, channel_objects, lay_out_host, make
 from smbyoc.emulator.pipe_feeder import PipeSource, start_feeders, stop_feeders
 from smbyoc.emulator.result import HostOutcome, TrainingJobResult
 from smbyoc.logs import terminal_safe
+from smbyoc.paths import check_creatable_dir
 from smbyoc.training import failure
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,12 @@ def _job_tree(job_name: str, work_dir: Path | None, keep: bool) -> Iterator[Path
             shutil.rmtree(root, ignore_errors=True)
 
 
+def check_output_dir(spec: TrainingJobSpec, output_dir: Path) -> None:
+    """Where the artifacts go can be made: said before the job runs, not after it trained (ConfigError naming
+    ``--output-dir``)."""
+    check_creatable_dir(artifacts.job_output_dir(output_dir, spec.job_name), f"--output-dir {output_dir}")
+
+
 def run_training_job(
     spec: TrainingJobSpec,
     backend: TrainingBackend,
@@ -226,12 +233,14 @@ def run_training_job(
     """Check ``spec`` (its API limits, then ``backend.preflight``) and run it on ``backend``, writing its
     artifacts under ``output_dir/<job-name>/output``.
 
-    ``checked``: the caller already ran ``spec.validate()`` and ``backend.preflight(spec)``, as
+    ``checked``: the caller already ran ``spec.validate()``, ``backend.preflight(spec)`` and
+    :func:`check_output_dir`, as
     :func:`smbyoc.emulator.run_local_training` does (it builds the backend between the two).
     """
     if not checked:
         spec.validate()
         backend.preflight(spec)  # bad input is refused before any tree or container exists
+        check_output_dir(spec, output_dir)
     start = _dt.datetime.now(_dt.timezone.utc)
     status = _History(spec.job_name, on_status)
     status("InProgress", result.STARTING, "Preparing the instances for training")

@@ -68,10 +68,11 @@ class PushResult:
 
 
 def default_tag(image: str) -> str:
-    """The tag of ``image`` (``name:tag``), else ``latest`` (an image id or an untagged name)."""
+    """The tag of ``image`` (``name:tag``, ``name:tag@sha256:...``), else ``latest`` (an image id, an untagged name,
+    ``name@sha256:...``)."""
     if image.startswith("sha256:"):
         return "latest"
-    tail = image.rsplit("/", 1)[-1]
+    tail = image.partition("@")[0].rsplit("/", 1)[-1]
     if ":" in tail:
         tag = tail.rsplit(":", 1)[1]
         if TAG_RE.fullmatch(tag):

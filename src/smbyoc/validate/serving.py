@@ -339,10 +339,12 @@ def run_serving_checks(ctx: ValidateContext, inputs: ServingInputs, settings: Se
                 try:
                     startup = endpoint.start()
                 except ServingError as e:
-                    record(failed("serve-ping", f"{_first_line(str(e))}", group=GROUP, log=tail.text()))
-                    for check in ("serve-invocations", "serve-payload-limit", "serve-sigterm", "serve-bind-to-port"):
-                        if check not in skip:
-                            record(not_applicable(check, "not tested: the endpoint never became healthy", group=GROUP))
+                    # the first wanted check fails with why (serve-ping, unless it was skipped); the others cannot run
+                    wanted = [c for c in ("serve-ping", "serve-invocations", "serve-payload-limit", "serve-sigterm",
+                                          "serve-bind-to-port") if c not in skip]
+                    record(failed(wanted[0], f"{_first_line(str(e))}", group=GROUP, log=tail.text()))
+                    for check in wanted[1:]:
+                        record(not_applicable(check, "not tested: the endpoint never became healthy", group=GROUP))
                     return
                 url = endpoint.url
                 steps: tuple[tuple[str, Callable[[], CheckResult]], ...] = (

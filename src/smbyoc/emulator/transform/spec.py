@@ -16,6 +16,7 @@ from typing import Literal
 from smbyoc.emulator.instance_types import lookup
 from smbyoc.emulator.transform.records import BATCH_STRATEGIES, COMPRESSION_TYPES, SPLIT_TYPES
 from smbyoc.errors import ConfigError
+from smbyoc.paths import check_creatable_dir
 
 Mode = Literal["docker", "process"]
 
@@ -165,8 +166,7 @@ class TransformJobSpec:
             raise ConfigError("no such file or directory", key=f"--model-data {self.model_data}")
         if not self.input_path.exists():
             raise ConfigError("no such file or directory", key=f"--input {self.input_path}")
-        if self.output_dir.exists() and not self.output_dir.is_dir():
-            raise ConfigError("not a directory", key=f"--output {self.output_dir}")
+        check_creatable_dir(self.output_dir, f"--output {self.output_dir}")
         return self
 
     @property
