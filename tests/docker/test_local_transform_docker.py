@@ -149,7 +149,7 @@ def test_ctrl_c_stops_the_job(tmp_path: Path, image: str, model: Path, docker_cl
          "--content-type", "text/csv", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "out").glob(".b.csv.out.partial")) and time.monotonic() < deadline:
+    while not list((tmp_path / "out").glob(".b.csv.out.*.partial")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     assert transform_containers(docker_client)

@@ -160,7 +160,7 @@ def test_ctrl_c_stops_like_stop_transform_job(tmp_path: Path, model: Path) -> No
          "--content-type", "text/csv", "--job-name", "stop-me"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "out").glob(".b.csv.out.partial")) and time.monotonic() < deadline:
+    while not list((tmp_path / "out").glob(".b.csv.out.*.partial")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     records = (tmp_path / "state" / "transforms" / "stop-me.json")

@@ -57,6 +57,19 @@ def test_sharded_by_s3_key_splits_sorted_keys(tmp_path):
     assert json.loads(t2.paths.input_data_config_file.read_text())["train"]["S3DistributionType"] == "ShardedByS3Key"
 
 
+def test_a_link_to_a_file_is_the_file_and_a_link_to_a_folder_is_refused(tmp_path):
+    from smbyoc.errors import ConfigError
+
+    data = make_data(tmp_path / "d", ["a.csv"])
+    (tmp_path / "outside.csv").write_text("o")
+    (data / "linked.csv").symlink_to(tmp_path / "outside.csv")
+    assert [f.name for f in channel_files(data)] == ["a.csv", "linked.csv"]
+    (tmp_path / "folder").mkdir()
+    (data / "dlink").symlink_to(tmp_path / "folder")
+    with pytest.raises(ConfigError, match=r"dlink: a link to a folder \(an S3 prefix has no links\)"):
+        channel_files(data)
+
+
 def test_fastfile_channel_has_no_write_bits(tmp_path):
     data = make_data(tmp_path / "d", ["a"])
     spec = TrainingJobSpec(job_name="j", hyperparameters={}, channels=(ChannelSpec("t", data, input_mode="FastFile"),))

@@ -4,6 +4,7 @@ local HTTP server standing in for the container (order kept under concurrency, r
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -269,3 +270,58 @@ def test_an_input_that_is_not_a_regular_file_is_one_line(tmp_path: Path) -> None
     (tmp_path / "in" / "gone.csv").symlink_to(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="gone.csv: not a regular file"):
         list_objects(tmp_path / "in", "S3Prefix")
+
+
+# -- hostile inputs --------------------------------------------------------------------------------------------
+def test_inputs_that_no_s3_listing_could_give_are_named(tmp_path: Path) -> None:
+    import os
+
+    root = tmp_path / "odd"
+    root.mkdir()
+    (root / "a.csv").write_text("x\n")
+    (root / os.fsdecode(b"bad\xff.csv")).write_text("y\n")
+    with pytest.raises(ConfigError, match=r"--input b'.*bad\\xff.csv': the file name is not UTF-8 text"):
+        list_objects(root, "S3Prefix")
+    linked = tmp_path / "linked"
+    (linked / "sub").mkdir(parents=True)
+    (linked / "sub" / "a.csv").write_text("x\n")
+    (linked / "loop").symlink_to(linked)  # a link to a folder: followed, it would loop
+    with pytest.raises(ConfigError, match=r"--input .*linked/loop: a link to a folder"):
+        list_objects(linked, "S3Prefix")
+    (tmp_path / "in" / "a.csv").write_text("x\n")
+    manifest = tmp_path / "in.manifest"
+    manifest.write_text(json.dumps([{"prefix": str(tmp_path / "in") + "/"}, "a.csv", "./a.csv"]))
+    with pytest.raises(ConfigError, match=r"'./a.csv' names the same object as 'a.csv'"):
+        list_objects(manifest, "ManifestFile")
+
+
+def test_an_output_where_another_output_is_a_file_fails_that_object_only(tmp_path: Path,
+                                                                        container: Container) -> None:
+    for key in ("a", "a.out/b", "c"):  # a -> a.out (a file); a.out/b -> a.out/b.out (needs a.out a folder)
+        (tmp_path / "in" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / key).write_text(f"{key}\n")
+    result = run_against(container, make_spec(tmp_path, split_type="Line"))
+    assert result.status == "Failed"
+    assert result.failure_reason == ("ClientError: a.out/b: its output a.out/b.out needs the folder "
+                                     f"{tmp_path / 'out' / 'a.out'}, where another output is a file (S3 keys can "
+                                     "be both; local paths cannot)")
+    assert (tmp_path / "out" / "a.out").read_text() == "A\n" and (tmp_path / "out" / "c.out").read_text() == "C\n"
+
+
+def test_the_failure_reason_is_the_first_failed_object_in_key_order(tmp_path: Path, container: Container) -> None:
+    (tmp_path / "in" / "a.csv").write_text("1 slow, then fails\nbad-a\n")  # fails late (its first record is slow)
+    (tmp_path / "in" / "b.csv").write_text("bad-b\n")  # fails at once, on the other instance
+    container.failures = {b"bad-a\n": -1, b"bad-b\n": -1}
+    result = run_against(container, make_spec(tmp_path, split_type="Line", instance_count=2))
+    assert result.failure_reason == "AlgorithmError: a.csv: record 2: Bad HTTP status received from algorithm: 400 (no)"
+
+
+def test_a_job_leaves_other_jobs_temporary_files_alone(tmp_path: Path, container: Container) -> None:
+    (tmp_path / "out").mkdir()
+    others = tmp_path / "out" / ".slow.csv.out.0123abcd.partial"  # another job's output in progress
+    others.write_text("half")
+    (tmp_path / "in" / "a.csv").write_text("x\n")
+    result = run_against(container, make_spec(tmp_path, split_type="Line"))
+    assert result.status == "Completed", result.failure_reason
+    assert others.read_text() == "half" and (tmp_path / "out" / "a.csv.out").read_text() == "X\n"
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".partial")] == [others.name]

@@ -347,3 +347,48 @@ def test_split_output_binary():
     assert split_output(body, "RecordIO", 3) is None
     assert split_output(b"not recordio", "RecordIO", 1) is None
     assert split_output(TFRECORD_HELLO, "TFRecord", 1) == [TFRECORD_HELLO]
+
+
+# ------------------------------------------------------------------------------------------------ hostile lengths
+def tfrecord_header(length: int) -> bytes:
+    size = struct.pack("<Q", length)
+    return size + struct.pack("<I", masked_crc32c(size))
+
+
+def test_a_length_claiming_more_than_the_object_holds_costs_what_it_holds() -> None:
+    # 2**60 bytes claimed with a valid CRC, 5 there: truncated (read a chunk at a time), never a MemoryError
+    with pytest.raises(RecordError, match=r"in.tfr: record 1: truncated TFRecord data at byte 12 \(5 of "):
+        read_all(tfrecord_header(2**60) + b"hello", "TFRecord", "in.tfr")
+    with pytest.raises(RecordError, match="truncated RecordIO payload"):
+        read_all(struct.pack("<II", MAGIC, (1 << 29) - 1) + b"abc", "RecordIO")
+
+
+@pytest.mark.parametrize(("data", "split_type"), [
+    (tfrecord_header(2**40) + b"x" * 100, "TFRecord"),
+    (recordio_frame(b"x" * 64, 1) + recordio_frame(b"y" * 64, 3), "RecordIO"),  # 128 bytes over two frames
+])
+def test_a_record_over_the_limit_is_refused_from_its_header(data: bytes, split_type: str) -> None:
+    with pytest.raises(RecordError, match=r"in.bin: record 1 is over MaxPayloadInMB \(100 bytes\)"):
+        list(read_records(io.BytesIO(data), split_type, source="in.bin", limit=100))
+
+
+def test_a_line_over_the_limit_is_refused_before_its_end_is_read(monkeypatch) -> None:
+    monkeypatch.setattr(records_module, "_CHUNK", 16)
+
+    class Endless(io.RawIOBase):  # one line that never ends: reading it whole would never return
+        reads = 0
+
+        def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+            Endless.reads += 1
+            buffer[:len(buffer)] = b"x" * len(buffer)
+            return len(buffer)
+
+        def readable(self) -> bool:
+            return True
+
+    lines = read_records(io.BufferedReader(Endless(), 16), "Line", source="in.csv", limit=100)
+    with pytest.raises(RecordError, match=r"in.csv: record 1 is over MaxPayloadInMB \(100 bytes\)"):
+        list(lines)
+    assert Endless.reads < 20
+    got = list(read_records(io.BytesIO(b"ok\n" + b"y" * 50 + b"\nlast"), "Line", source="in.csv", limit=100))
+    assert got == [b"ok\n", b"y" * 50 + b"\n", b"last"]

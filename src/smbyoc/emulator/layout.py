@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smbyoc.emulator.job_spec import ChannelSpec, TrainingJobSpec
+from smbyoc.errors import ConfigError
 from smbyoc.opt_ml import hyperparameters_file, input_data_config_file, resource_config_file
 from smbyoc.opt_ml.input_data_config_file import Channel
 from smbyoc.opt_ml.resource_config_file import ResourceConfig
@@ -37,8 +38,19 @@ def channel_files(source: Path) -> list[Path]:
     """Every file of a channel source, sorted by key (relative path) as S3 lists them."""
     if source.is_file():
         return [source]
-    files = [p for p in source.rglob("*") if p.is_file() or (p.is_symlink() and p.exists())]
+    entries = list(source.rglob("*"))
+    check_no_folder_links(entries)
+    files = [p for p in entries if p.is_file()]  # (a link to a file counts as the file)
     return sorted(files, key=lambda p: p.relative_to(source).as_posix())
+
+
+def check_no_folder_links(entries: list[Path], option: str = "") -> None:
+    """Refuse a link to a folder among ``entries`` (one ConfigError naming it): an S3 prefix has no links, and
+    following one could leave the input or loop."""
+    for entry in entries:
+        if entry.is_symlink() and entry.is_dir():
+            raise ConfigError("a link to a folder (an S3 prefix has no links); give the folder itself or copy it "
+                              "in", key=f"{option} {entry}".strip())
 
 
 def shard(files: list[Path], host_index: int, host_count: int) -> list[Path]:

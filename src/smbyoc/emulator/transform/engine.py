@@ -3,7 +3,7 @@
 Per object: the bytes are read (gunzipped), split into records, the input filter applied, packed into
 mini-batches (:mod:`smbyoc.emulator.transform.records`); up to ``MaxConcurrentTransforms`` requests are in
 flight at once, and the answers are written in input order (joined with their input and filtered per record
-when ``JoinSource``/``OutputFilter`` ask for it, then assembled) to ``.<name>.out.partial``, renamed
+when ``JoinSource``/``OutputFilter`` ask for it, then assembled) to ``.<name>.out.<job tag>.partial``, renamed
 ``<name>.out`` only when the whole object succeeded. A failed object leaves no ``.out``.
 
 Retries (``ModelClientConfig.InvocationsMaxRetries``): a request that times out
@@ -136,8 +136,11 @@ class ObjectTransformer:
     """Transforms the objects of one instance (``host``) against the server at ``url``."""
 
     def __init__(self, host: str, url: str, spec: TransformJobSpec, params: ResolvedParameters,
-                 tracker: Tracker, stop: threading.Event) -> None:
+                 tracker: Tracker, stop: threading.Event, partial_tag: str = "") -> None:
+        """``partial_tag``: the job's own mark in its temporary file names (:func:`partial_name`), so that
+        jobs sharing an output folder never touch each other's."""
         self.host = host
+        self.partial_tag = partial_tag
         self.spec = spec
         self.params = params
         self.tracker = tracker
@@ -158,10 +161,14 @@ class ObjectTransformer:
 
     def transform(self, obj: InputObject, pool: concurrent.futures.Executor) -> ObjectOutcome:
         target = self.output_root / obj.output_key
-        partial = target.with_name(f".{target.name}.partial")
+        partial = target.with_name(partial_name(target.name, self.partial_tag))
         records = 0
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as e:
+                raise ConfigError(f"{obj.key}: its output {obj.output_key} needs the folder {e.filename}, where "
+                                  "another output is a file (S3 keys can be both; local paths cannot)") from e
             with partial.open("wb") as out:
                 for chunk, count in self._outputs(obj, pool):
                     out.write(chunk)
@@ -169,17 +176,17 @@ class ObjectTransformer:
                     self.tracker.add(records=count)
             os.replace(partial, target)
         except Stopped:
-            partial.unlink(missing_ok=True)
+            _discard(partial)
             return ObjectOutcome(obj.key, self.host, records)
         except (SmbyocError, OSError) as e:
-            partial.unlink(missing_ok=True)
+            _discard(partial)
             reason = str(e) if isinstance(e, SmbyocError) else f"{obj.key}: cannot read or write: {e}"
             kind = "AlgorithmError" if isinstance(e, ObjectFailed) else "ClientError"
             self.tracker.add(failed=1, objects=1, size=obj.size)
             log.error("%s: %s failed: %s", self.host, obj.key, reason)
             return ObjectOutcome(obj.key, self.host, records, failure_reason=f"{kind}: {reason}")
         except BaseException:
-            partial.unlink(missing_ok=True)
+            _discard(partial)
             raise
         self.tracker.add(objects=1, size=obj.size)
         return ObjectOutcome(obj.key, self.host, records, output=target)
@@ -189,7 +196,8 @@ class ObjectTransformer:
         source = obj.key
         with open_object(obj.path, spec.compression, source=source) as stream:
             def records() -> Iterator[bytes]:
-                for number, record in enumerate(read_records(stream, spec.split_type, source=source), 1):
+                limit = self.params.max_payload_mb * MB  # (a record over it fails the object; known early)
+                for number, record in enumerate(read_records(stream, spec.split_type, source=source, limit=limit), 1):
                     if spec.join_source == "Input":
                         originals.append(record)
                     if spec.input_filter not in (None, "$"):
@@ -253,8 +261,20 @@ def _naming(where: str) -> Iterator[None]:
         raise TransformError(f"{where}: {e}") from e
 
 
-def remove_partials(root: Path) -> None:
-    """Remove the ``.*.out.partial`` files under ``root`` (what a stopped job was writing)."""
+def partial_name(name: str, tag: str) -> str:
+    """The temporary name an output ``name`` is written under until it is complete: hidden, and marked with
+    the job's ``tag``."""
+    return f".{name}.{tag}.partial" if tag else f".{name}.partial"
+
+
+def _discard(partial: Path) -> None:
+    with contextlib.suppress(OSError):  # (also where its folder could not be made)
+        partial.unlink(missing_ok=True)
+
+
+def remove_partials(root: Path, tag: str = "") -> None:
+    """Remove the temporary output files of the job marked ``tag`` under ``root`` (what a stopped job was
+    writing); other jobs' are left alone."""
     if root.is_dir():
-        for path in root.rglob(".*.out.partial"):
-            path.unlink(missing_ok=True)
+        for path in root.rglob(partial_name("*.out", tag)):
+            _discard(path)

@@ -11,9 +11,12 @@ instance ``i mod N``, so every instance gets a share of whole objects, as SageMa
 
 from __future__ import annotations
 
+import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
+from smbyoc.emulator.layout import check_no_folder_links
 from smbyoc.errors import ConfigError
 
 
@@ -38,16 +41,32 @@ def list_objects(source: Path, data_type: str) -> list[InputObject]:
     elif source.is_file():
         found = [(source.name, source)]
     elif source.is_dir():
-        entries = [p for p in source.rglob("*") if not p.is_dir()]
+        every = list(source.rglob("*"))
+        check_no_folder_links(every, "--input")
+        entries = [p for p in every if not p.is_dir()]
         odd = [p for p in entries if not p.is_file()]
         if odd:  # a broken link, a FIFO or a socket: no object SageMaker could have listed
             raise ConfigError("not a regular file (a broken link, FIFO or socket)", key=f"--input {odd[0]}")
-        found = sorted(((p.relative_to(source).as_posix(), p) for p in entries),
-                       key=lambda item: item[0].encode("utf-8"))
+        found = [(p.relative_to(source).as_posix(), p) for p in entries]  # (sorted once the names are checked)
     else:
         raise ConfigError("no such file or directory", key=f"--input {source}")
     if not found:
         raise ConfigError("the input has no objects to transform", key=f"--input {source}")
+    for key, path in found:
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:  # (a name that is not UTF-8, read with surrogateescape)
+            raise ConfigError("the file name is not UTF-8 text, which an S3 key is",
+                              key=f"--input {os.fsencode(path)!r}") from None
+    outputs: dict[str, str] = {}
+    for key, _ in found:  # two entries (a manifest's "a.csv" and "./a.csv") would write one output
+        normal = posixpath.normpath(key)
+        if normal in outputs:
+            raise ConfigError(f"{key!r} names the same object as {outputs[normal]!r}; each object is transformed "
+                              "once", key=f"--input {source}")
+        outputs[normal] = key
+    if data_type != "ManifestFile" and source.is_dir():
+        found.sort(key=lambda item: item[0].encode("utf-8"))
     objects = []
     for key, path in found:
         try:

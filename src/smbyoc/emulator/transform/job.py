@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import secrets
 import socket
 import sys
 import threading
@@ -184,6 +185,8 @@ class _Job:
         self.start_time: _dt.datetime | None = None
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
+        #: Marks this run's temporary output files (jobs may share an output folder).
+        self.partial_tag = secrets.token_hex(4)
 
     def status(self, primary: str, secondary: str) -> None:
         if self.on_status is not None:
@@ -211,7 +214,8 @@ class _Job:
 
         def work(host: str, url: str, share: list[InputObject]) -> None:
             try:
-                found = ObjectTransformer(host, url, self.spec, params, tracker, self.stop).run(share)
+                found = ObjectTransformer(host, url, self.spec, params, tracker, self.stop,
+                                          self.partial_tag).run(share)
                 with self._lock:
                     self.outcomes.extend(found)
             except BaseException as e:  # an emulator bug: end the job rather than hang
@@ -290,8 +294,9 @@ def run_transform_job(
                  p.batch_strategy, p.max_payload_mb, p.max_concurrent_transforms)
         job.status(IN_PROGRESS, f"Transforming {len(objects)} object(s)")
         job.transform(objects)
-        failed = [o for o in job.outcomes if o.failure_reason]
-        status, reason = (FAILED, failed[0].failure_reason) if failed else (COMPLETED, None)
+        order = {o.key: i for i, o in enumerate(objects)}
+        failed = sorted((o for o in job.outcomes if o.failure_reason), key=lambda o: order.get(o.key, len(order)))
+        status, reason = (FAILED, failed[0].failure_reason) if failed else (COMPLETED, None)  # (in key order)
     except KeyboardInterrupt:
         job.status(STOPPING, "Stopping (what is finished stays)")
         job.stop.set()
@@ -303,7 +308,7 @@ def run_transform_job(
     finally:
         job.stop.set()
         job.close()
-        remove_partials(spec.output_dir)
+        remove_partials(spec.output_dir, job.partial_tag)
         jobs.unregister(jobs.TRANSFORM, spec.job_name)
     job.status(status, reason or status)
     order = {o.key: i for i, o in enumerate(objects)}

@@ -174,14 +174,15 @@ def encode_tfrecord(data: bytes) -> bytes:
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
-    """``n`` bytes, or fewer only at the end of the stream."""
-    data = stream.read(n)
+    """``n`` bytes, or fewer only at the end of the stream; read :data:`_CHUNK` at a time, so that a corrupt
+    length claiming more than the object holds costs what the object holds, not what it claims."""
+    data = stream.read(min(n, _CHUNK))
     if len(data) == n or not data:
         return data
     parts = [data]
     got = len(data)
     while got < n:
-        more = stream.read(n - got)
+        more = stream.read(min(n - got, _CHUNK))
         if not more:
             break
         parts.append(more)
@@ -189,21 +190,34 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _lines(stream: BinaryIO) -> Iterator[bytes]:
-    rest = b""
-    while True:
-        chunk = stream.read(_CHUNK)
-        if not chunk:
-            break
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
+def _over(source: str, number: int, limit: int) -> RecordError:
+    return RecordError(f"{source}: record {number} is over MaxPayloadInMB ({limit} bytes); raise MaxPayloadInMB or "
+                       "split the object into smaller records")
+
+
+def _lines(stream: BinaryIO, source: str = "", limit: int = 0) -> Iterator[bytes]:
+    """The lines of ``stream`` (each with its ``\\n``; the last one as it ends); a line growing past ``limit``
+    bytes (0: none) is refused as soon as it does, without reading the rest of it."""
+    rest = bytearray()
+    number = 0
+    while chunk := stream.read(_CHUNK):
+        lines = chunk.split(b"\n")
+        if len(lines) == 1:  # no line ends here: the current line goes on
+            rest += chunk
+            if limit and len(rest) > limit:
+                raise _over(source, number + 1, limit)
+            continue
+        number += len(lines) - 1
+        first = lines[0] + b"\n"
+        yield bytes(rest) + first if rest else first
+        for line in lines[1:-1]:
             yield line + b"\n"
+        rest = bytearray(lines[-1])
     if rest:
-        yield rest
+        yield bytes(rest)
 
 
-def _recordio(stream: BinaryIO, source: str) -> Iterator[bytes]:
+def _recordio(stream: BinaryIO, source: str, limit: int = 0) -> Iterator[bytes]:
     number = 0
     offset = 0
     while True:
@@ -228,6 +242,8 @@ def _recordio(stream: BinaryIO, source: str) -> Iterator[bytes]:
                     f"{source}: record {number}: RecordIO continuation flag {flag} at byte {offset} "
                     f"(expected {' or '.join(map(str, expected))})"
                 )
+            if limit and sum(len(f) - 8 for f in frames) + length > limit:
+                raise _over(source, number, limit)
             padded = length + (-length % 4)
             body = _read_exact(stream, padded)
             if len(body) < padded:
@@ -242,7 +258,7 @@ def _recordio(stream: BinaryIO, source: str) -> Iterator[bytes]:
         yield frames[0] if len(frames) == 1 else b"".join(frames)
 
 
-def _tfrecord(stream: BinaryIO, source: str) -> Iterator[bytes]:
+def _tfrecord(stream: BinaryIO, source: str, limit: int = 0) -> Iterator[bytes]:
     number = 0
     offset = 0
     while True:
@@ -255,6 +271,8 @@ def _tfrecord(stream: BinaryIO, source: str) -> Iterator[bytes]:
         length, length_crc = _TFRECORD_HEADER.unpack(header)
         if masked_crc32c(header[:8]) != length_crc:
             raise RecordError(f"{source}: record {number}: corrupt TFRecord length (CRC mismatch) at byte {offset}")
+        if limit and length > limit:
+            raise _over(source, number, limit)
         body = _read_exact(stream, length + 4)
         if len(body) < length + 4:
             raise RecordError(
@@ -268,21 +286,22 @@ def _tfrecord(stream: BinaryIO, source: str) -> Iterator[bytes]:
         yield header + body
 
 
-def read_records(stream: BinaryIO, split_type: str, *, source: str) -> Iterator[bytes]:
+def read_records(stream: BinaryIO, split_type: str, *, source: str, limit: int = 0) -> Iterator[bytes]:
     """The records of ``stream`` split by ``split_type``; binary records keep their framing (module docstring).
 
     ``None`` yields the whole object as one record (nothing for an empty object). Corrupt or truncated
-    framing raises :class:`RecordError` ``"<source>: record <n>: ..."``.
+    framing raises :class:`RecordError` ``"<source>: record <n>: ..."``, and so does a record (line, RecordIO or
+    TFRecord payload) over ``limit`` bytes (0: no limit), as soon as it is known to be, before it is read whole.
     """
     if split_type == "None":
         data = stream.read()
         return iter([data] if data else [])
     if split_type == "Line":
-        return _lines(stream)
+        return _lines(stream, source, limit)
     if split_type == "RecordIO":
-        return _recordio(stream, source)
+        return _recordio(stream, source, limit)
     if split_type == "TFRecord":
-        return _tfrecord(stream, source)
+        return _tfrecord(stream, source, limit)
     raise ConfigError(f"{split_type!r} is not one of {', '.join(SPLIT_TYPES)}", key="SplitType")
 
 
