@@ -133,6 +133,21 @@ def test_malformed_lines_are_named_counted_and_skipped(tree: Path) -> None:
     assert [m["line"] for m in data["malformed"]] == [3, 4, 5]
 
 
+def test_lines_that_parse_as_json_but_are_no_record_are_skipped_not_a_crash(tree: Path) -> None:
+    shadow_file = next((tree / "ep-one" / "ShadowVariant").rglob("*.jsonl"))
+    good = json.loads(shadow_file.read_text().splitlines()[0])
+    impossible = {**good, "eventMetadata": {**good["eventMetadata"], "inferenceTime": "2024-02-30T10:00:00Z"}}
+    surrogate = json.dumps({**good, "captureData": {**good["captureData"], "endpointOutput": {
+        **good["captureData"]["endpointOutput"], "data": "\ud800"}}})  # valid JSON: a lone surrogate escape
+    append(shadow_file, json.dumps(impossible) + "\n" + surrogate + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = run(str(tree), "--json")
+    assert result.exit_code == 0, result.output
+    assert f"{shadow_file}:3: eventMetadata.inferenceTime '2024-02-30T10:00:00Z' is not a real date" in result.stderr
+    assert f"{shadow_file}:4: captureData.endpointOutput.data is not valid Unicode text" in result.stderr
+    assert f"{shadow_file}:5: not a capture record: JSON nested deeper" in result.stderr
+    assert json.loads(result.stdout)["malformed_count"] == 3
+
+
 def test_nothing_readable_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
     hour = tmp_path / "cap" / "ep" / "AllTraffic" / "2024" / "03" / "11" / "10"
     hour.mkdir(parents=True)

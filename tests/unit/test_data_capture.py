@@ -329,6 +329,10 @@ def test_payload_encodings() -> None:
     assert not_text["encoding"] == "BASE64" and base64.b64decode(not_text["data"]) == b"\xff\xfe{"
     odd_charset = encode_payload(b"abc", "text/csv; charset=base64", "INPUT", "CSV")
     assert odd_charset["encoding"] == "BASE64"
+    for body, charset in ((b"+2AA-", "utf-7"), (b"\\ud800", "unicode_escape")):  # decode to a lone surrogate
+        surrogate = encode_payload(body, f"text/csv; charset={charset}", "INPUT", "CSV")
+        assert surrogate["encoding"] == "BASE64" and base64.b64decode(surrogate["data"]) == body
+        json.dumps(surrogate).encode("utf-8")  # the record line can be written
 
 
 def test_time_and_name_helpers() -> None:

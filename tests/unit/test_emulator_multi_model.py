@@ -44,6 +44,7 @@ class StandIn:
     def __init__(self, capacity: int, load_delay: float = 0.0) -> None:
         self.capacity = capacity
         self.load_delay = load_delay
+        self.invoke_delay = 0.0
         self.loaded: dict[str, str] = {}
         self.log: list[tuple[str, str]] = []
         self.invoke_headers: list[dict[str, str]] = []
@@ -80,6 +81,7 @@ class StandIn:
     async def invoke(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self.invoke_headers.append(dict(request.headers))
+        await asyncio.sleep(self.invoke_delay)
         if name not in self.loaded:
             return web.json_response({"message": "not loaded"}, status=404)
         body = await request.read()
@@ -244,6 +246,24 @@ def test_a_slow_load_is_model_not_ready_then_served(prefix: Path, tmp_path: Path
         else:
             pytest.fail("the model never became ready")
         assert [entry for entry in container.log if entry[0] == "load"] == [("load", model_key("a.tar.gz"))]
+    finally:
+        front.stop()
+
+
+def test_the_invocation_timeout_holds_for_the_load_and_the_call_together(prefix: Path, tmp_path: Path,
+                                                                         stand_in: tuple[StandIn, str]) -> None:
+    container, url = stand_in
+    container.load_delay, container.invoke_delay = 0.6, 0.6  # each within 1 s, together over it
+    router = router_for(prefix, url, tmp_path, invocation_timeout=1.0)
+    front = front_for(router)
+    try:
+        started = time.monotonic()
+        with pytest.raises(InvokeError) as info:
+            call(front, "a.tar.gz")
+        assert info.value.error_code == "ModelError" and "timed out" in str(info.value)
+        assert time.monotonic() - started < 1.5  # not a second full timeout for the call after the load
+        container.invoke_delay = 0.0
+        assert call(front, "a.tar.gz").body == b"a:x"  # loaded meanwhile: served
     finally:
         front.stop()
 

@@ -533,6 +533,8 @@ REFUSALS: list[tuple[str, Mutation, str, str]] = [
     ("pipeline", lambda d: (d["Models"][0].update(InferenceExecutionConfig={"Mode": "Direct"}),
                             d["Models"][0]["Containers"][1].update(Mode="MultiModel", ModelDataUrl="mme")),
      "Models[0].Containers[1].Mode", "cannot be part of a Direct multi-container model"),
+    ("pipeline", lambda d: d["Models"][0]["Containers"][1].update(Mode="MultiModel", ModelDataUrl="mme"),
+     "Models[0].Containers[1].Mode", "a MultiModel container inside a serial pipeline is not emulated"),
     ("pipeline", lambda d: d["Models"][0]["Containers"][0].pop("Image"), "Models[0].Containers[0].Image",
      "required field is missing"),
     ("ab", lambda d: d["Models"][1].update(ModelName="model-a"), "Models[1].ModelName",

@@ -297,6 +297,14 @@ def test_409_when_loaded_or_being_loaded(ml: Path, registry: Path, kind: str) ->
     (registry / f"{_key('c')}.loading").write_text(dead)
     assert w.load("c", url).status_code == 200
     assert not [p for p in registry.iterdir() if p.suffix == ".loading"]
+    # a loader whose marker was taken over meanwhile (judged stale by another worker) leaves the new one alone
+    taken = registry / f"{_key('d')}.loading"
+    with w.mme.registry.loading("d"):
+        assert taken.read_text().split()[0] == str(os.getpid())  # written whole when it appears
+        taken.unlink()
+        taken.write_text(f"{os.getpid()} another-loader")
+    assert taken.read_text() == f"{os.getpid()} another-loader"
+    taken.unlink()
 
 
 def test_model_fn_raising_is_500_naming_it_and_nothing_is_registered(ml: Path, registry: Path, kind: str) -> None:
@@ -317,6 +325,21 @@ def test_model_fn_raising_is_500_naming_it_and_nothing_is_registered(ml: Path, r
     (Path(url) / "code" / "inference.py").write_text("def model_fn(model_dir):\n    return 1\n"
                                                      "def predict_fn(data, model):\n    return [model]\n")
     assert w.load("bad", url).status_code == 200 and w.invoke("bad").json == [1]
+
+
+def test_a_registry_that_cannot_be_written_leaves_no_model_held(ml: Path, registry: Path, kind: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    w = Worker(make_env(ml), registry, kind)
+    url = write_model(ml, "a", files={"code/helper.py": "SCALE = 1\n"})
+
+    def full_disk(registration: Any) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(w.mme.registry, "add", full_disk)
+    assert error(w.load("a", url))[0] == 500
+    assert w.holder.names() == []  # not held unregistered, where no later load could take its place
+    monkeypatch.undo()
+    assert w.load("a", url).status_code == 200 and w.holder.names() == ["a"]
 
 
 def test_max_models_answers_507(ml: Path, registry: Path, kind: str) -> None:

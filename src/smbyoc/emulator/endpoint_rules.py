@@ -72,6 +72,9 @@ def build_model(checker: Checker, request: Mapping[str, Any], root: str, paths: 
                 raise checker.fail(f"{key}.Mode", "a MultiModel container cannot be part of a Direct multi-container "
                                                   "model (SageMaker hosts multi-model containers alone or in a "
                                                   "serial pipeline)")
+            if pipeline and len(request["Containers"]) > 1:
+                raise checker.fail(f"{key}.Mode", "a MultiModel container inside a serial pipeline is not emulated "
+                                                  "(smbyoc runs a multi-model container as a model of its own)")
             if model_data is None:
                 raise checker.fail(f"{key}.ModelDataUrl", "required for Mode MultiModel: the prefix (a directory) "
                                                           "holding the models' .tar.gz files")

@@ -167,26 +167,36 @@ class MultiModelRouter:
         if model is None:
             model = self._models[key] = _Model(target, key)
         model.in_flight += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.invocation_timeout  # one limit for the whole invocation: waits, loads, retries
+        reply: Reply | None = None
         try:
             self.counters.invocations += 1
             for _attempt in range(3):
                 if not model.loaded:
-                    await self._wait_loaded(model, artifact or self.source.artifact(target))
+                    await self._wait_loaded(model, artifact or self.source.artifact(target), deadline - loop.time())
+                if key not in self._lru:  # forgotten meanwhile (another request's 404): load it again
+                    continue
                 self._lru.move_to_end(key)
                 reply = await post(self._session, f"{self.container_url}/models/{key}/invoke", call.body,
-                                   call.headers, timeout=self.invocation_timeout, what="the multi-model container")
+                                   call.headers, timeout=deadline - loop.time(), what="the multi-model container")
                 if reply.status == 404:  # unloaded behind our back (the container restarted): load it again
                     self._forget(model)
                     continue
                 if reply.status == 507 and await self._evict(keep=key):  # a worker could not load it lazily
                     continue
                 return reply
+            if reply is None:  # unloaded by other requests each time it was loaded for this one
+                raise FrontError(503, "ServiceUnavailable", f"Model {target!r} was unloaded again while this request "
+                                 "waited for it; retry the request")
             return reply
         finally:
             model.in_flight -= 1
 
     # ---------------------------------------------------------------------------------- loading
-    async def _wait_loaded(self, model: _Model, artifact: Path) -> None:
+    async def _wait_loaded(self, model: _Model, artifact: Path, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds (what is left of the invocation's) for ``model``'s load, starting it
+        when none runs."""
         task = self._loads.get(model.key)
         if task is None:
             task = asyncio.ensure_future(asyncio.wait_for(self._load(model, artifact), self.load_timeout))
@@ -198,7 +208,7 @@ class MultiModelRouter:
 
             task.add_done_callback(done)
         try:
-            await asyncio.wait_for(asyncio.shield(task), self.invocation_timeout)
+            await asyncio.wait_for(asyncio.shield(task), max(timeout, 0.0))
         except asyncio.TimeoutError as e:
             if task.done():  # it ended as the invocation timeout fired: what it ended with is the answer
                 if task.cancelled():

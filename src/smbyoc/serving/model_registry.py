@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,29 +102,36 @@ class Registry:
     def loading(self, name: str) -> Iterator[None]:
         """Hold ``name``'s ``.loading`` marker for the block; 409 when a live process holds it already."""
         marker = self.directory / f"{_key(name)}.loading"
+        mine = f"{os.getpid()} {uuid.uuid4().hex}"
         for _ in range(2):
+            # the marker appears with its owner written (linked from a full temporary file): a process that finds
+            # it never reads it empty and takes a live loader for a dead one
+            fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
             try:
-                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, mine.encode())
+                os.close(fd)
+                os.link(temp, marker)
             except FileExistsError:
                 try:
-                    owner = int(marker.read_text() or "0")
-                except (OSError, ValueError):
+                    owner = int(marker.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
                     owner = 0
                 if owner and _pid_alive(owner):
                     raise Conflict(f"model {name!r} is being loaded") from None
                 with contextlib.suppress(FileNotFoundError):
                     marker.unlink()  # its loader died (a worker killed mid-load): stale
                 continue
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
+            finally:
+                os.unlink(temp)
             break
         else:
             raise Conflict(f"model {name!r} is being loaded")
         try:
             yield
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                marker.unlink()
+            with contextlib.suppress(OSError):
+                if marker.read_text() == mine:  # (ours still: a marker judged stale and taken over is not)
+                    marker.unlink()
 
     def add(self, registration: Registration) -> bool:
         """Register; False when the name is registered already. The file appears whole or not at all."""

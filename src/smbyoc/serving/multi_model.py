@@ -211,7 +211,12 @@ class MultiModelServer:
                 raise Conflict(f"model {name!r} is already loaded")
             registration = Registration(name, url, str(path), uuid.uuid4().hex)
             self._load(registration, registered=len(self._registered))
-            if not self.registry.add(registration):
+            try:
+                added = self.registry.add(registration)
+            except BaseException:  # (the registry could not be written: a full disk) not held unregistered
+                self._drop(name)
+                raise
+            if not added:
                 self._drop(name)
                 raise Conflict(f"model {name!r} is already loaded")
         self._changed()

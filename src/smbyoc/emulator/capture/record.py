@@ -47,9 +47,11 @@ def _decode_text(body: bytes, content_type: str) -> str | None:
         if name.strip().lower() == "charset" and value.strip():
             charset = value.strip().strip('"')
     try:
-        return body.decode(charset)  # a bytes-to-bytes codec (charset=base64) is a LookupError here
-    except (LookupError, UnicodeDecodeError, ValueError):
+        text = body.decode(charset)  # a bytes-to-bytes codec (charset=base64) is a LookupError here
+        text.encode("utf-8")  # (utf-7 or unicode_escape can decode to lone surrogates, which JSON cannot carry)
+    except (LookupError, UnicodeError, ValueError):
         return None
+    return text
 
 
 def encode_payload(body: bytes, content_type: str | None, mode: str, encoding: str) -> dict[str, str]:
@@ -171,6 +173,11 @@ def _payload(data: Mapping[str, Any], key: str, mode: str) -> CapturedPayload | 
             base64.b64decode(value["data"], validate=True)
         except (binascii.Error, ValueError) as e:
             raise ValueError(f"captureData.{key}.data is not valid base64: {e}") from e
+    for name in ("observedContentType", "data"):
+        try:
+            value[name].encode("utf-8")
+        except UnicodeEncodeError:  # (JSON's "\ud800": valid JSON, not text)
+            raise ValueError(f"captureData.{key}.{name} is not valid Unicode text (a lone surrogate)") from None
     return CapturedPayload(value["observedContentType"], value["mode"], value["data"], value["encoding"])
 
 
@@ -180,6 +187,8 @@ def parse_record(line: str | bytes) -> CapturedRecord:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"not JSON: {e}") from e
+    except RecursionError:
+        raise ValueError("not a capture record: JSON nested deeper than the parser goes") from None
     if not isinstance(record, dict):
         raise ValueError(f"a record is a JSON object, not {json_kind(record)}")
     data = record.get("captureData")
@@ -197,6 +206,10 @@ def parse_record(line: str | bytes) -> CapturedRecord:
         raise ValueError("eventMetadata.eventId is missing or not a string")
     if not isinstance(when, str) or not _TIME_RE.fullmatch(when):
         raise ValueError(f"eventMetadata.inferenceTime {when!r} is not a UTC time YYYY-MM-DDTHH:MM:SSZ")
+    try:
+        datetime.strptime(when[:19] + "Z", INFERENCE_TIME_FORMAT)
+    except ValueError:  # the shape, not a date: 2024-02-30, 99:99:99
+        raise ValueError(f"eventMetadata.inferenceTime {when!r} is not a real date and time") from None
     inference_id = metadata.get("inferenceId")
     if inference_id is not None and not isinstance(inference_id, str):
         raise ValueError("eventMetadata.inferenceId is not a string")
