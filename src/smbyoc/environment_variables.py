@@ -380,7 +380,8 @@ SMBYOC_STATE_DIR = _declare(EnvVar[str | None](
 SMBYOC_OWNER_TOKEN = _declare(EnvVar[str | None](
     "SMBYOC_OWNER_TOKEN", parse_optional_str, None,
     "Set by the emulator on the processes of a process-mode job or endpoint, so that `smbyoc stop` and the "
-    "orphan sweep find all of them (also those that left the process group).", "emulator", "smbyoc"))
+    "orphan sweep find all of them (also those that left the process group; nginx, which writes its process "
+    "title over its environment, gets it on its command line).", "emulator", "smbyoc"))
 SMBYOC_CACHE_DIR = _declare(EnvVar[str | None](
     "SMBYOC_CACHE_DIR", parse_optional_str, None,
     "Cache of resolved wheelhouses, smbyoc wheels, base root file systems and S3 downloads (s3/, keyed by ETag).",

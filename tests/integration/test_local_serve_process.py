@@ -139,3 +139,32 @@ def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
     assert "InService" not in proc.stdout + proc.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("smbyoc-")]  # no temporary tree left
     assert not list((tmp_path / "state").rglob("*.json"))  # no endpoint record left
+
+
+def test_nginx_of_a_serve_killed_hard_is_found_and_ended_by_its_token(tmp_path: Path, nginx_on_path: str) -> None:
+    """serve SIGKILLed cannot stop nginx, which runs in a session of its own and writes its title over its
+    environment: the emulator's sweep finds it by the token on its command line, and its workers with it."""
+    from smbyoc.emulator import owners
+    from smbyoc.emulator.endpoint import EndpointSpec, ProcessEndpoint
+
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    (model / "code" / "inference.py").write_text("def model_fn(model_dir):\n    return 1\n"
+                                                 "def predict_fn(data, model):\n    return [model]\n")
+    endpoint = ProcessEndpoint(EndpointSpec(model_data=model, port=free_port()), sink=None, require_nginx=True)
+    endpoint.start()
+    try:
+        tagged = owners.tagged_processes(endpoint.token)
+        nginx = [p for p in tagged if Path(f"/proc/{p}/comm").read_text().strip() == "nginx"]
+        assert len(nginx) >= 2, tagged  # the master and its worker
+        assert endpoint.process is not None
+        os.kill(endpoint.process.pid, signal.SIGKILL)
+        endpoint.process.wait()
+        ended = owners.end_processes(endpoint.token, grace=5)
+        assert set(nginx) <= set(ended)
+        deadline = time.monotonic() + 10
+        while any(owners.start_time(p) is not None for p in nginx) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(owners.start_time(p) is None for p in nginx)  # gone (a zombie counts as gone)
+    finally:
+        endpoint.close()

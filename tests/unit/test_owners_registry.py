@@ -105,6 +105,29 @@ def test_process_tree_lists_a_process_and_its_descendants_only() -> None:
             os.kill(grandchild, signal.SIGKILL)
 
 
+def test_a_token_on_the_command_line_tags_the_process_and_its_children() -> None:
+    """nginx writes its process title over its environment: the token on its command line finds it, and its
+    workers (which carry no token of their own) with it."""
+    token = owners.new_token()
+    code = ("import subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], env={}); "
+            "print(c.pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code, f"-g env {owners.TOKEN_VARIABLE}={token};"],
+                              env={k: v for k, v in os.environ.items() if k != owners.TOKEN_VARIABLE},
+                              stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert owners.tagged_processes(token) == sorted([parent.pid, child])
+        assert owners.tagged_processes(owners.new_token()) == []
+    finally:
+        parent.kill()
+        parent.wait()
+        if child:
+            os.kill(child, signal.SIGKILL)
+
+
 def test_records_of_a_killed_owner_are_orphaned_and_swept(tmp_path: Path, state: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "model").mkdir(parents=True)

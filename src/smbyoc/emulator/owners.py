@@ -146,21 +146,26 @@ def new_token() -> str:
 
 
 def tagged_processes(token: str) -> list[int]:
-    """Live processes whose environment carries ``SMBYOC_OWNER_TOKEN=token`` (ours only: others' are unreadable)."""
+    """Live processes that carry ``token``, ours only (others' are unreadable): ``SMBYOC_OWNER_TOKEN=token`` in
+    their environment, or the token on their command line (nginx writes its process title over its environment;
+    ``serve`` gives it the token as an argument), and their descendants (nginx's workers)."""
     if not token or not PROC.is_dir():
         return []
     needle = f"{TOKEN_VARIABLE}={token}".encode()
-    found = []
+    found: set[int] = set()
     me = os.getpid()
     for entry in PROC.iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
             environ = (entry / "environ").read_bytes()
+            tagged = needle in environ.split(b"\0") or needle in (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if needle in environ.split(b"\0") and start_time(int(entry.name)) is not None:
-            found.append(int(entry.name))
+        if tagged and start_time(int(entry.name)) is not None:
+            found.add(int(entry.name))
+    for pid in list(found):
+        found.update(p for p in process_tree(pid) if p != me and start_time(p) is not None)
     return sorted(found)
 
 

@@ -7,6 +7,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from smbyoc.environment_variables import SMBYOC_OWNER_TOKEN
 from smbyoc.serving.env import MME_LOAD_TIMEOUT, ServingEnv
 from smbyoc.serving.error_body import error_body
 
@@ -143,6 +144,14 @@ def render_nginx_conf(
     return _PLACEHOLDER.sub(substitute, text)
 
 
-def nginx_argv(conf_path: Path, runtime_dir: Path, nginx_bin: str = "nginx") -> list[str]:
-    """argv starting nginx in the foreground with ``conf_path``; ``-e stderr`` avoids the compiled-in log."""
-    return [nginx_bin, "-e", "stderr", "-p", str(runtime_dir), "-c", str(conf_path)]
+def nginx_argv(conf_path: Path, runtime_dir: Path, nginx_bin: str = "nginx", owner_token: str | None = None
+               ) -> list[str]:
+    """argv starting nginx in the foreground with ``conf_path``; ``-e stderr`` avoids the compiled-in log.
+
+    ``owner_token``: the emulator's ``SMBYOC_OWNER_TOKEN``, also given on the command line (as a harmless ``env``
+    directive): nginx writes its process title over its environment, so the token is found there only, and a
+    sweep after a killed ``serve`` would otherwise miss nginx (it starts a session of its own)."""
+    argv = [nginx_bin, "-e", "stderr", "-p", str(runtime_dir), "-c", str(conf_path)]
+    if owner_token:
+        argv += ["-g", f"env {SMBYOC_OWNER_TOKEN.name}={owner_token};"]
+    return argv

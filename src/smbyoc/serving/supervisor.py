@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from smbyoc.environment_variables import SMBYOC_OWNER_TOKEN
 from smbyoc.errors import ConfigError, ServingError
 from smbyoc.exit_codes import from_returncode
 from smbyoc.serving.env import MME_REGISTRY_DIR, ServingEnv
@@ -99,7 +100,8 @@ def prepare(env: ServingEnv, *, nginx_bin: str = "nginx") -> ServePlan:
     conf = runtime_dir / "nginx.conf"
     conf.write_text(render_nginx_conf(env, runtime_dir, socket_path), encoding="utf-8")
     return ServePlan(
-        env, runtime_dir, gunicorn_argv(env, runtime_dir, socket_path), nginx_argv(conf, runtime_dir, nginx_bin),
+        env, runtime_dir, gunicorn_argv(env, runtime_dir, socket_path), nginx_argv(conf, runtime_dir, nginx_bin,
+                                                                             SMBYOC_OWNER_TOKEN.get()),
         conf, owned,
     )
 
