@@ -364,12 +364,31 @@ def test_default_example_ddp_on_two_containers_matches_one_host(default_images: 
     assert leftovers(docker_client, "fid-ddp") == []
 
 
-def test_default_example_resumes_after_spot_interruption(default_images: dict[str, str], baseline: dict,
+#: Small batches for the spot test: 60 epochs take ≈0.03 s each with the default batch size, so the whole
+#: training (≈2 s) is shorter than the run-to-run spread of the container's start and imports (≈1 s); at 8 rows a
+#: batch it takes ≈15 s and the interruption, timed from the container's start, lands mid-training.
+SPOT_ARGS = ("-H", "batch-size=8")
+
+
+@pytest.fixture(scope="module")
+def spot_baseline(default_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One uninterrupted run with the spot test's hyperparameters."""
+    work = tmp_path_factory.mktemp("spot-baseline")
+    proc = smbyoc("local-train", *example_args(default_images["train"]), *SPOT_ARGS, "--job-name", "fid-spot-base",
+                  "-o", "out", cwd=work)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    model = model_json(work / "out", "fid-spot-base")
+    model["mid_seconds"] = seconds_to_epoch(proc.stdout, EPOCHS // 2)
+    return model
+
+
+def test_default_example_resumes_after_spot_interruption(default_images: dict[str, str], spot_baseline: dict,
                                                          docker_client: Any, tmp_path: Path) -> None:
+    baseline = spot_baseline
     ckpt = tmp_path / "ckpt"
-    proc = smbyoc("local-train", *example_args(default_images["train"]), "--checkpoint-s3-dir", str(ckpt),
-                  "--spot-interruption-after", f"{baseline['mid_seconds']:.1f}", "--job-name", "fid-spot-ex",
-                  "-o", "out", "--json", cwd=tmp_path)
+    proc = smbyoc("local-train", *example_args(default_images["train"]), *SPOT_ARGS, "--checkpoint-s3-dir",
+                  str(ckpt), "--spot-interruption-after", f"{baseline['mid_seconds']:.1f}", "--job-name",
+                  "fid-spot-ex", "-o", "out", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     result = describe(proc)
     assert result["InterruptionCount"] == 1
