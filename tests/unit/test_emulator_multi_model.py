@@ -240,8 +240,9 @@ def test_a_slow_load_is_model_not_ready_then_served(prefix: Path, tmp_path: Path
             try:
                 assert call(front, "a.tar.gz").body == b"a:x"
                 break
-            except InvokeError as e:
-                assert e.error_code == "ModelNotReadyException"
+            except InvokeError as e:  # still loading; or loaded with too little of the 0.2 s left for the call
+                assert e.error_code == "ModelNotReadyException" or (
+                    e.error_code == "ModelError" and "timed out" in str(e)), e
                 time.sleep(0.1)
         else:
             pytest.fail("the model never became ready")
